@@ -1,0 +1,187 @@
+"""The worker with real FFmpeg: good files convert and verify; each kind of bad file fails alone, with a reason."""
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from ffleet.demo import FORMATS, make_video_only
+from ffleet.ffmpeg import Binaries, find_binaries
+from ffleet.request import parse_request
+from ffleet.results import FAILED, SKIPPED, SUCCEEDED
+from ffleet.storage import ListedObject, LocalStorage
+from ffleet.worker import WorkContext, expected_duration, process_item, run_items
+
+
+def make_ctx(tmp_path, output_options="-ac 1 -ar 48000", extension=".flac", binaries=None, **processing):
+    request = parse_request({
+        "name": "t", "input": {"path": str(tmp_path / "in"), "file_options": processing.pop("input_options", "null")},
+        "output": {"path": str(tmp_path / "out"), "extension": extension, "file_options": output_options},
+        "processing": processing,
+    })
+    (tmp_path / "in").mkdir(exist_ok=True)
+    ctx = WorkContext.for_request(request, work_dir=tmp_path / "work")
+    if binaries:
+        ctx.binaries = binaries
+    return ctx
+
+
+def put(tmp_path, key, src=None, data=None):
+    dest = tmp_path / "in" / key
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src is not None:
+        shutil.copyfile(src, dest)
+    else:
+        dest.write_bytes(data)
+    return ListedObject(key, dest.stat().st_size)
+
+
+@pytest.mark.parametrize("ext", list(FORMATS))
+def test_each_format_converts_and_is_verified(tmp_path, tone_cache, ext):
+    ctx = make_ctx(tmp_path)
+    item = put(tmp_path, f"sub dir/tone{ext}", tone_cache(ext, 3.0))
+    r = process_item(ctx, item)
+    assert r.status == SUCCEEDED, r
+    assert r.output_key == "sub dir/tone.flac"
+    assert (tmp_path / "out/sub dir/tone.flac").stat().st_size == r.bytes_out > 0
+    assert abs(r.duration_in - 3.0) < 0.1 and abs(r.duration_out - 3.0) < 0.1
+    assert (r.sample_rate, r.channels, r.codec) == (48000, 1, "flac")
+    assert r.cpu_seconds > 0 and r.wall_seconds > 0
+    assert not list((tmp_path / "work").iterdir()), "temporary files left behind"
+
+
+def test_empty_input(tmp_path):
+    r = process_item(make_ctx(tmp_path), put(tmp_path, "empty.wav", data=b""))
+    assert (r.status, r.reason) == (FAILED, "empty_input")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
+
+
+def test_garbage_input_is_corrupt(tmp_path):
+    r = process_item(make_ctx(tmp_path), put(tmp_path, "junk.mp3", data=b"not audio\n" * 500))
+    assert (r.status, r.reason) == (FAILED, "corrupt_input")
+    assert "junk.mp3" in r.detail and "/tmp" not in r.detail  # names the key, not our temp path
+
+
+def test_truncated_m4a_is_corrupt(tmp_path, tone_cache):
+    data = tone_cache(".m4a", 3.0).read_bytes()
+    r = process_item(make_ctx(tmp_path), put(tmp_path, "cut.m4a", data=data[: len(data) // 3]))
+    assert (r.status, r.reason) == (FAILED, "corrupt_input"), r
+
+
+def test_video_only_input_has_no_audio(tmp_path):
+    src = make_video_only(tmp_path / "v.mp4")
+    ctx = make_ctx(tmp_path)
+    r = process_item(ctx, put(tmp_path, "v.mp4", src))
+    assert (r.status, r.reason) == (FAILED, "no_audio_stream")
+    assert not (tmp_path / "out" / "v.flac").exists()
+
+
+def test_video_only_allowed_when_request_says_video(tmp_path):
+    src = make_video_only(tmp_path / "v.mp4")
+    ctx = make_ctx(tmp_path, output_options="-c:v copy", extension=".mkv", require_audio=False)
+    r = process_item(ctx, put(tmp_path, "v.mp4", src))
+    assert r.status == SUCCEEDED, r
+
+
+def test_header_only_wav_input_gives_invalid_output(tmp_path, tone_cache):
+    header = tone_cache(".wav", 1.0).read_bytes()[:44]  # RIFF header, no samples
+    r = process_item(make_ctx(tmp_path), put(tmp_path, "hdr.wav", data=header))
+    assert r.status == FAILED and r.reason in ("invalid_output", "corrupt_input"), r
+    assert not (tmp_path / "out" / "hdr.flac").exists()
+
+
+def _fake_ffmpeg(tmp_path, body: str) -> Path:
+    script = tmp_path / "fake-ffmpeg"
+    script.write_text(f"#!{sys.executable}\nimport sys, time\nout = sys.argv[-1]\n{body}\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script
+
+
+def test_ffmpeg_exit_0_with_header_only_output_is_a_failure(tmp_path, tone_cache):
+    # What FFmpeg did here with an m4a read from a pipe: exit 0 after writing a header-only file.
+    header_only = tmp_path / "header.m4a"
+    from ffleet.demo import make_tone
+    good = make_tone(tmp_path / "g.m4a", 1.0)
+    header_only.write_bytes(good.read_bytes()[:200])
+    fake = _fake_ffmpeg(tmp_path, f"import shutil; shutil.copyfile({str(header_only)!r}, out)")
+    ctx = make_ctx(tmp_path, extension=".m4a", binaries=Binaries(str(fake), find_binaries().ffprobe))
+    r = process_item(ctx, put(tmp_path, "x.wav", tone_cache(".wav", 1.0)))
+    assert (r.status, r.reason) == (FAILED, "invalid_output"), r
+    assert not (tmp_path / "out" / "x.m4a").exists()
+
+
+def test_hung_ffmpeg_is_killed_at_timeout(tmp_path, tone_cache):
+    # an input looped forever never ends: a real hang, not a fake
+    ctx = make_ctx(tmp_path, input_options="-stream_loop -1", timeout_seconds_per_file=2)
+    r = process_item(ctx, put(tmp_path, "loop.wav", tone_cache(".wav", 1.0)))
+    assert (r.status, r.reason) == (FAILED, "timeout"), r
+    assert not (tmp_path / "out" / "loop.flac").exists()
+
+
+def test_trim_options_are_respected_by_duration_check(tmp_path, tone_cache):
+    ctx = make_ctx(tmp_path, output_options="-ac 1 -t 1.5", input_options="-ss 0.5")
+    r = process_item(ctx, put(tmp_path, "t.wav", tone_cache(".wav", 4.0)))
+    assert r.status == SUCCEEDED, r
+    assert abs(r.duration_out - 1.5) < 0.1
+
+
+def test_duration_mismatch_fails_unless_disabled(tmp_path, tone_cache):
+    item_src = tone_cache(".wav", 4.0)
+    ctx = make_ctx(tmp_path, output_options="-af atempo=2")
+    r = process_item(ctx, put(tmp_path, "fast.wav", item_src))
+    assert (r.status, r.reason) == (FAILED, "invalid_output") and "expected" in r.detail
+    ctx2 = make_ctx(tmp_path, output_options="-af atempo=2", verify_duration=False)
+    assert process_item(ctx2, put(tmp_path, "fast.wav", item_src)).status == SUCCEEDED
+
+
+def test_existing_output_is_skipped_before_any_work(tmp_path, tone_cache):
+    ctx = make_ctx(tmp_path)
+    item = put(tmp_path, "a.wav", tone_cache(".wav", 1.0))
+    assert process_item(ctx, item).status == SUCCEEDED
+    out = tmp_path / "out" / "a.flac"
+    before = (out.stat().st_mtime_ns, out.read_bytes())
+    r = process_item(ctx, item)
+    assert r.status == SKIPPED and r.cpu_seconds == 0
+    assert (out.stat().st_mtime_ns, out.read_bytes()) == before
+
+
+def test_overwrite_reencodes(tmp_path, tone_cache):
+    ctx = make_ctx(tmp_path)
+    item = put(tmp_path, "a.wav", tone_cache(".wav", 1.0))
+    process_item(ctx, item)
+    ctx.request.output.overwrite = True
+    assert process_item(ctx, item).status == SUCCEEDED
+
+
+def test_a_bad_file_never_stops_the_batch(tmp_path, tone_cache):
+    ctx = make_ctx(tmp_path)
+    items = [put(tmp_path, f"g{i}.wav", tone_cache(".wav", 1.0)) for i in range(4)]
+    items.insert(2, put(tmp_path, "bad.wav", data=b"RIFF garbage"))
+    items.insert(0, ListedObject("missing.wav"))
+    results = {r.key: r for r in run_items(ctx, items, workers=2)}
+    assert len(results) == 6
+    assert results["bad.wav"].reason == "corrupt_input"
+    assert results["missing.wav"].reason == "not_found"
+    assert sum(r.status == SUCCEEDED for r in results.values()) == 4
+
+
+def test_local_store_is_atomic_and_leaves_no_temp(tmp_path):
+    store = LocalStorage(tmp_path / "o")
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 1000)
+    store.store(src, "a/b c.bin")
+    assert (tmp_path / "o/a/b c.bin").read_bytes() == b"x" * 1000
+    assert [p.name for p in (tmp_path / "o/a").iterdir()] == ["b c.bin"]
+
+
+@pytest.mark.parametrize("tokens,input_duration,expected", [
+    ({"input": [], "output": []}, 10.0, 10.0),
+    ({"input": ["-ss", "2"], "output": ["-t", "3"]}, 10.0, 3.0),
+    ({"input": [], "output": ["-ss", "00:00:08"]}, 10.0, 2.0),
+    ({"input": [], "output": ["-to", "4", "-ss", "1"]}, 10.0, 3.0),
+    ({"input": [], "output": ["-t", "30"]}, 10.0, 10.0),
+])
+def test_expected_duration(tokens, input_duration, expected):
+    assert expected_duration(input_duration, tokens) == pytest.approx(expected)
