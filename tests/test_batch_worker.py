@@ -14,6 +14,7 @@ import pytest
 
 from conftest import REPO, run_cli
 from ffleet.batch_worker import (
+    DEFAULT_STOP_GRACE_SECONDS,
     EXIT_INFRASTRUCTURE,
     EXIT_INTERRUPTED,
     EXIT_INVALID,
@@ -23,10 +24,17 @@ from ffleet.batch_worker import (
     ecs_cpu_limit,
     job_workers,
     parse_batch,
+    stop_grace_seconds,
 )
 from ffleet.ffmpeg import find_binaries
 
 IN, OUT, RESULTS = "media-in", "media-out", "ffleet-results"
+# What container/Dockerfile sets: Debian's ffmpeg and ffprobe (bookworm's 5.1, as on this machine).
+# Where Debian's build is not installed, the tests fall back to the default binaries.
+IMAGE_ENV = (
+    {"FFLEET_FFMPEG": "/usr/bin/ffmpeg", "FFLEET_FFPROBE": "/usr/bin/ffprobe"}
+    if Path("/usr/bin/ffmpeg").exists() and Path("/usr/bin/ffprobe").exists() else {}
+)
 PREFIX = f"s3://{RESULTS}/runs/exec-1/"
 
 
@@ -101,7 +109,7 @@ def test_batch_from_s3_with_a_corrupt_file(s3_endpoint, tone_cache, tmp_path):
     items.append({"Key": "media/", "Size": 0})  # the console's folder marker
     uri = _put_batch(client, _batch(items))
 
-    proc = run_cli("worker", env={"FFLEET_BATCH_URI": uri, "FFLEET_WORKERS": "2", "AWS_BATCH_JOB_ID": "job-1"})
+    proc = run_cli("worker", env={**IMAGE_ENV, "FFLEET_BATCH_URI": uri, "FFLEET_WORKERS": "2", "AWS_BATCH_JOB_ID": "job-1"})
 
     assert proc.returncode == EXIT_OK, proc.stderr
     records = _records(client)
@@ -214,6 +222,7 @@ def _popen_worker(env: dict) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # two worker runs and 3 s files read in real time
 def test_sigterm_mid_batch_stops_cleanly_and_a_rerun_finishes(s3_endpoint, tone_cache):
     client = s3_endpoint
     _buckets(client, IN, OUT, RESULTS)
@@ -226,7 +235,7 @@ def test_sigterm_mid_batch_stops_cleanly_and_a_rerun_finishes(s3_endpoint, tone_
     request["input"]["file_options"] = "-re"
     uri = _put_batch(client, _batch(items, request=request))
 
-    proc = _popen_worker({"FFLEET_BATCH_URI": uri, "FFLEET_WORKERS": "1"})
+    proc = _popen_worker({**IMAGE_ENV, "FFLEET_BATCH_URI": uri, "FFLEET_WORKERS": "1"})
     seen = []
     for line in proc.stdout:
         seen.append(json.loads(line))
@@ -247,7 +256,7 @@ def test_sigterm_mid_batch_stops_cleanly_and_a_rerun_finishes(s3_endpoint, tone_
     summary = next(line for line in logs if line.get("event") == "batch_summary")
     assert summary["interrupted"] is True and summary["files"]["not_done"] == 3
 
-    rerun = run_cli("worker", env={"FFLEET_BATCH_URI": uri, "FFLEET_WORKERS": "3"})
+    rerun = run_cli("worker", env={**IMAGE_ENV, "FFLEET_BATCH_URI": uri, "FFLEET_WORKERS": "3"})
 
     assert rerun.returncode == EXIT_OK, rerun.stderr
     records = _records(client)
@@ -255,6 +264,45 @@ def test_sigterm_mid_batch_stops_cleanly_and_a_rerun_finishes(s3_endpoint, tone_
     assert records["media/a-first.wav"]["extra"] == {"resumed": True}  # skipped, not re-encoded
     assert all("resumed" not in r.get("extra", {}) for k, r in records.items() if k != "media/a-first.wav")
     assert len(_out_keys(client)) == 4
+
+
+STUCK_DOWNLOAD = """
+import sys, threading
+from ffleet import storage
+fetch = storage.S3Storage.fetch
+def stuck_fetch(self, key, dest):
+    if "stuck" in key:
+        threading.Event().wait()  # a download that never ends, which no SIGTERM can interrupt
+    return fetch(self, key, dest)
+storage.S3Storage.fetch = stuck_fetch
+from ffleet.batch_worker import main
+sys.exit(main())
+"""
+
+
+def test_records_are_written_within_the_grace_period_even_if_a_transfer_hangs(s3_endpoint, tone_cache):
+    client = s3_endpoint
+    _buckets(client, IN, OUT, RESULTS)
+    items = _upload(client, {"media/a-first.wav": tone_cache(".wav", 0.5), "media/b-stuck.wav": tone_cache(".wav", 0.5),
+                             "media/c-last.wav": tone_cache(".wav", 0.5)})
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "FFLEET_BATCH_JSON": json.dumps(_batch(items)),
+           "FFLEET_WORKERS": "1", "FFLEET_STOP_GRACE_SECONDS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_DOWNLOAD], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if json.loads(line).get("event") == "file":
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    records = _records(client)
+    assert records["media/a-first.wav"]["status"] == "succeeded"
+    for key in ("media/b-stuck.wav", "media/c-last.wav"):
+        assert records[key]["status"] == "not_done" and "after the stop" in records[key]["detail"]
+    assert _out_keys(client) == {"out/media/a-first.flac"}
+    summary = [json.loads(line) for line in rest.splitlines() if '"batch_summary"' in line]
+    assert len(summary) == 1 and summary[0]["files"]["not_done"] == 2
 
 
 # --- parts, without subprocesses -------------------------------------------------------------
@@ -324,3 +372,11 @@ def test_workers_follow_the_job_not_the_host(ecs_metadata, tmp_path):
     assert ecs_cpu_limit({"ECS_CONTAINER_METADATA_URI_V4": "http://127.0.0.1:9/nothing"}, timeout=0.5) is None
     with pytest.raises(InvalidBatch, match="FFLEET_WORKERS"):
         job_workers({"FFLEET_WORKERS": "all"})
+
+
+def test_stop_grace_seconds_from_the_environment():
+    assert stop_grace_seconds({}) == DEFAULT_STOP_GRACE_SECONDS < 30  # ECS kills 30 s after SIGTERM
+    assert stop_grace_seconds({"FFLEET_STOP_GRACE_SECONDS": "2.5"}) == 2.5
+    for bad in ("soon", "-1"):
+        with pytest.raises(InvalidBatch, match="FFLEET_STOP_GRACE_SECONDS"):
+            stop_grace_seconds({"FFLEET_STOP_GRACE_SECONDS": bad})

@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ _BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 # Batch on EC2 gives a job CPU *shares* (1,024 per vCPU), not a quota: the container sees every
 # CPU of the host, so the pool size must come from the job's own limit.
 CPU_UNITS_PER_VCPU = 1024
+# ECS sends SIGKILL 30 s after SIGTERM (ECS_CONTAINER_STOP_TIMEOUT's default); the records must be
+# written before that, whatever is still in flight.
+DEFAULT_STOP_GRACE_SECONDS = 20.0
 
 
 class BatchError(Exception):
@@ -190,6 +194,20 @@ def job_workers(env: Mapping[str, str], cgroup_root: Path = Path("/sys/fs/cgroup
     return min(n for n in limits if n)
 
 
+def stop_grace_seconds(env: Mapping[str, str]) -> float:
+    """FFLEET_STOP_GRACE_SECONDS: how long a stopped batch may wind down before its records are written."""
+    value = env.get("FFLEET_STOP_GRACE_SECONDS")
+    if not value:
+        return DEFAULT_STOP_GRACE_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1
+    if not 0 <= seconds <= 3600:
+        raise InvalidBatch(f"FFLEET_STOP_GRACE_SECONDS: must be a number of seconds from 0 to 3600, got {value!r}")
+    return seconds
+
+
 # ---------------------------------------------------------------------------------------------
 # Logs
 
@@ -206,6 +224,7 @@ class JsonLog:
 
     def __init__(self, stream: TextIO | None = None, **context: Any):
         self.stream = stream or sys.stdout
+        self._lock = threading.Lock()  # the stop watchdog logs too: lines must not interleave
         self.context = {k: v for k, v in context.items() if v is not None}
 
     def __call__(self, level: str, message: str, **fields: Any) -> None:
@@ -217,8 +236,9 @@ class JsonLog:
             **self.context,
             **{k: v for k, v in fields.items() if v is not None},
         }
-        self.stream.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
-        self.stream.flush()  # a killed job must not lose its last lines in a buffer
+        with self._lock:
+            self.stream.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+            self.stream.flush()  # a killed job must not lose its last lines in a buffer
 
 
 def _file_line(res: ItemResult) -> dict[str, Any]:
@@ -256,14 +276,32 @@ def read_previous_records(store: S3Storage, key: str) -> dict[str, ItemResult]:
         return {}  # unreadable leftovers are simply overwritten
 
 
+class _BatchState:
+    """The results so far, shared by the main thread and the stop watchdog; the first to finish wins."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done: dict[str, ItemResult] = {}
+        self.finishing = False
+        self.infra_failures = 0
+        self.tripped = False
+
+
 def run_batch(
     batch: BatchOfItems,
     workers: int,
     log: JsonLog,
     client=None,
     max_consecutive_infra_failures: int = DEFAULT_MAX_CONSECUTIVE_INFRA_FAILURES,
+    stop_grace_seconds: float = DEFAULT_STOP_GRACE_SECONDS,
 ) -> int:
-    """Process one batch; write its records; return the exit code."""
+    """Process one batch; write its records; return the exit code.
+
+    After a stop (SIGTERM, or repeated storage faults) running FFmpegs are killed at once, but a
+    download or upload in flight cannot be interrupted. If the batch has not wound down within
+    `stop_grace_seconds`, a watchdog writes the records as they stand (the rest not_done) and
+    ends the process, so they are written before ECS's SIGKILL, 30 s after its SIGTERM.
+    """
     started = time.monotonic()
     bucket, key_prefix = split_s3_uri(batch.results_prefix)
     records_key = f"{key_prefix}records/{batch.batch_id}.jsonl"
@@ -271,41 +309,16 @@ def run_batch(
     previous = read_previous_records(results, records_key)
     work_dir = Path(tempfile.mkdtemp(prefix="ffleet-worker-"))
     ctx = WorkContext.for_request(batch.request, work_dir=work_dir, client=results.client)
-    builder = SummaryBuilder()
-    lines: list[str] = []
-    infra_failures = consecutive = 0
-    tripped = False
-    log(
-        "INFO", "batch started", event="batch_start", files_in_batch=len(batch.items), ignored_keys=batch.ignored,
-        workers=workers, records=batch.records_uri, earlier_records=len(previous) or None,
-    )
-    try:
-        with stop_on_signals(ctx):
-            for res in run_items(ctx, batch.items, workers=workers):
-                before = previous.get(res.key)
-                if res.status == SKIPPED and before is not None and before.status == SUCCEEDED:
-                    # An earlier attempt of this batch made this output: keep its record, so a
-                    # retried job reports the file as succeeded once rather than as skipped.
-                    before.extra["resumed"] = True
-                    res = before
-                if res.status not in (NOT_DONE,) and res.reason in INFRA_REASONS:
-                    infra_failures += 1
-                    consecutive += 1
-                    if consecutive >= max_consecutive_infra_failures and not ctx.registry.stopping.is_set():
-                        tripped = True
-                        ctx.registry.stop_all()
-                        log("ERROR", f"{consecutive} storage faults in a row: stopping this batch", event="circuit_open")
-                elif res.status != NOT_DONE:
-                    consecutive = 0
-                lines.append(res.to_json())
-                builder.add(res)
-                level = "INFO" if res.status in (SUCCEEDED, SKIPPED) else "WARNING"
-                log(level, f"file {res.status}", event="file", **_file_line(res))
-        signalled = ctx.registry.stopping.is_set() and not tripped
+    state = _BatchState()
+    all_done = threading.Event()
+
+    def finish(signalled: bool) -> int:
+        """Write the records (one PUT: whole or nothing, and a retry's PUT replaces it) and log the summary."""
+        ordered = list(state.done.values())
+        builder = SummaryBuilder().add_all(ordered)
         write_error = None
         try:
-            # One PUT: the object appears whole or not at all, and a retry's PUT replaces it.
-            data = ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+            data = "".join(r.to_json() + "\n" for r in ordered).encode("utf-8")
             results.write_bytes(records_key, data, content_type="application/x-ndjson")
         except StorageError as exc:
             write_error = str(exc)
@@ -314,7 +327,7 @@ def run_batch(
             code = EXIT_INFRASTRUCTURE
         elif not_done and signalled:
             code = EXIT_INTERRUPTED
-        elif not_done or infra_failures:
+        elif not_done or state.infra_failures:
             code = EXIT_INFRASTRUCTURE
         else:
             code = EXIT_OK
@@ -326,17 +339,73 @@ def run_batch(
             exit_code=code,
             interrupted=signalled or None,
             records=batch.records_uri if not write_error else None,
-            files=summary["files"],
-            failures_by_reason=summary["failures_by_reason"],
-            bytes=summary["bytes"],
-            audio_seconds=summary["audio_seconds"],
-            wall_seconds=summary["wall_seconds"],
-            cpu_seconds=summary["cpu_seconds"],
+            **{k: summary[k] for k in ("files", "failures_by_reason", "bytes", "audio_seconds", "wall_seconds", "cpu_seconds")},
         )
         if write_error:
             print(f"ffleet worker: cannot write the records: {write_error}", file=sys.stderr)
         return code
+
+    def watchdog() -> None:
+        while not ctx.registry.stopping.wait(1.0):
+            if all_done.is_set():
+                return
+        if all_done.wait(stop_grace_seconds):
+            return
+        with state.lock:
+            if state.finishing:
+                return
+            state.finishing = True
+            for item in batch.items:
+                if item.key not in state.done:
+                    res = ItemResult(
+                        key=item.key, status=NOT_DONE, output_key=ctx.output_key_for(item.key), reason="interrupted",
+                        detail=f"not finished {stop_grace_seconds:g} s after the stop (a transfer still in flight)",
+                    )
+                    state.done[item.key] = res
+                    log("WARNING", "file not_done", event="file", **_file_line(res))
+        code = finish(signalled=not state.tripped)
+        shutil.rmtree(work_dir, ignore_errors=True)
+        sys.stdout.flush()
+        os._exit(code)  # the threads still waiting on S3 cannot be joined; the records are written
+
+    log(
+        "INFO", "batch started", event="batch_start", files_in_batch=len(batch.items), ignored_keys=batch.ignored,
+        workers=workers, records=batch.records_uri, earlier_records=len(previous) or None,
+    )
+    threading.Thread(target=watchdog, name="ffleet-stop-watchdog", daemon=True).start()
+    consecutive = 0
+    try:
+        with stop_on_signals(ctx):
+            for res in run_items(ctx, batch.items, workers=workers):
+                before = previous.get(res.key)
+                if res.status == SKIPPED and before is not None and before.status == SUCCEEDED:
+                    # An earlier attempt of this batch made this output: keep its record, so a
+                    # retried job reports the file as succeeded once rather than as skipped.
+                    before.extra["resumed"] = True
+                    res = before
+                with state.lock:
+                    if state.finishing:
+                        break
+                    state.done[res.key] = res
+                    if res.status != NOT_DONE and res.reason in INFRA_REASONS:
+                        state.infra_failures += 1
+                        consecutive += 1
+                        if consecutive >= max_consecutive_infra_failures and not ctx.registry.stopping.is_set():
+                            state.tripped = True
+                            log("ERROR", f"{consecutive} storage faults in a row: stopping this batch", event="circuit_open")
+                            ctx.registry.stop_all()
+                    elif res.status != NOT_DONE:
+                        consecutive = 0
+                level = "INFO" if res.status in (SUCCEEDED, SKIPPED) else "WARNING"
+                log(level, f"file {res.status}", event="file", **_file_line(res))
+        all_done.set()
+        with state.lock:
+            if state.finishing:  # the watchdog is writing the records and will end the process
+                threading.Event().wait()
+            state.finishing = True
+        return finish(signalled=ctx.registry.stopping.is_set() and not state.tripped)
     finally:
+        all_done.set()
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
@@ -350,11 +419,12 @@ def main(env: Mapping[str, str] | None = None, stream: TextIO | None = None) -> 
     )
     try:
         workers = job_workers(env)
+        grace = stop_grace_seconds(env)
         client = s3_client()
         batch = load_batch(env, client)
         log.context["batch_id"] = batch.batch_id
         log.context["run"] = batch.request.name
-        return run_batch(batch, workers, log, client=client)
+        return run_batch(batch, workers, log, client=client, stop_grace_seconds=grace)
     except BatchError as exc:
         log("ERROR", str(exc), event="batch_error", exit_code=exc.exit_code)
         print(f"ffleet worker: {exc}", file=sys.stderr)
