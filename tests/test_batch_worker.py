@@ -24,7 +24,7 @@ from ffleet.batch_worker import (
     ecs_cpu_limit,
     job_workers,
     parse_batch,
-    stop_grace_seconds,
+    stop_grace_from_env,
 )
 from ffleet.ffmpeg import find_binaries
 
@@ -374,9 +374,9 @@ def test_workers_follow_the_job_not_the_host(ecs_metadata, tmp_path):
         job_workers({"FFLEET_WORKERS": "all"})
 
 
-def test_stop_grace_seconds_from_the_environment():
-    assert stop_grace_seconds({}) == DEFAULT_STOP_GRACE_SECONDS < 30  # ECS kills 30 s after SIGTERM
-    assert stop_grace_seconds({"FFLEET_STOP_GRACE_SECONDS": "2.5"}) == 2.5
+def test_stop_grace_from_the_environment():
+    assert stop_grace_from_env({}) == DEFAULT_STOP_GRACE_SECONDS < 30  # ECS kills 30 s after SIGTERM
+    assert stop_grace_from_env({"FFLEET_STOP_GRACE_SECONDS": "2.5"}) == 2.5
     for bad in ("soon", "-1"):
         with pytest.raises(InvalidBatch, match="FFLEET_STOP_GRACE_SECONDS"):
-            stop_grace_seconds({"FFLEET_STOP_GRACE_SECONDS": bad})
+            stop_grace_from_env({"FFLEET_STOP_GRACE_SECONDS": bad})

@@ -194,7 +194,7 @@ def job_workers(env: Mapping[str, str], cgroup_root: Path = Path("/sys/fs/cgroup
     return min(n for n in limits if n)
 
 
-def stop_grace_seconds(env: Mapping[str, str]) -> float:
+def stop_grace_from_env(env: Mapping[str, str]) -> float:
     """FFLEET_STOP_GRACE_SECONDS: how long a stopped batch may wind down before its records are written."""
     value = env.get("FFLEET_STOP_GRACE_SECONDS")
     if not value:
@@ -419,7 +419,7 @@ def main(env: Mapping[str, str] | None = None, stream: TextIO | None = None) -> 
     )
     try:
         workers = job_workers(env)
-        grace = stop_grace_seconds(env)
+        grace = stop_grace_from_env(env)
         client = s3_client()
         batch = load_batch(env, client)
         log.context["batch_id"] = batch.batch_id
