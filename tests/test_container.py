@@ -15,7 +15,11 @@ import pytest
 from conftest import REPO
 
 CONTAINER = REPO / "container"
-DOCKERFILES = sorted(p for p in CONTAINER.glob("Dockerfile*") if not p.name.endswith(".dockerignore"))
+DOCKERFILES = sorted(
+    p for p in REPO.rglob("Dockerfile*")
+    if not p.name.endswith(".dockerignore")
+    and not any(part.startswith(".") or part in ("node_modules", "build", "dist") for part in p.relative_to(REPO).parts)
+)
 SCRIPT = CONTAINER / "build-and-push.sh"
 
 
@@ -57,7 +61,7 @@ def test_there_are_dockerfiles():
     assert CONTAINER.joinpath("Dockerfile") in DOCKERFILES
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_hadolint(dockerfile):
     proc = subprocess.run([_tool("hadolint"), "--no-color", str(dockerfile)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -95,7 +99,8 @@ def test_final_images_keep_their_promises(target):
     last_run = max(i for i, line in enumerate(final) if line.startswith("RUN"))
     assert final.index(users[-1]) > last_run
     # the command the job definition runs
-    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "ffleet"]' in final and 'CMD ["worker"]' in final
+    # the contract's command, `ffleet worker`, under tini; a job definition's command replaces CMD whole
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--"]' in final and 'CMD ["ffleet", "worker"]' in final
     caps = re.search(r"NVIDIA_DRIVER_CAPABILITIES=(\S+)", joined)
     if target == "nvidia":
         assert caps and set(caps.group(1).split(",")) == {"compute", "utility", "video"}
