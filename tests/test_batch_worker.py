@@ -308,6 +308,22 @@ def test_records_are_written_within_the_grace_period_even_if_a_transfer_hangs(s3
 # --- parts, without subprocesses -------------------------------------------------------------
 
 
+def test_an_empty_batch_writes_empty_records(s3_endpoint):
+    import io
+
+    from ffleet.batch_worker import main
+
+    client = s3_endpoint
+    _buckets(client, RESULTS)
+    out = io.StringIO()
+    batch = _batch([{"Key": "media/"}, {"Key": "media/readme.txt"}])  # nothing the request selects
+
+    assert main({"FFLEET_BATCH_JSON": json.dumps(batch), "FFLEET_WORKERS": "1"}, stream=out) == EXIT_OK
+    assert _records(client) == {}
+    summary = [line for line in _log_lines(out.getvalue()) if line.get("event") == "batch_summary"]
+    assert summary[0]["files"]["total"] == 0 and summary[0]["exit_code"] == 0
+
+
 def test_parse_batch_names_the_bad_item():
     with pytest.raises(InvalidBatch, match=r"Items\[1\]"):
         parse_batch(_batch([{"Key": "media/a.wav"}, {"Size": 3}]), "b.json")
