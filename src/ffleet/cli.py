@@ -98,6 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary object as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_run)
+
+    def cmd_worker(args: argparse.Namespace) -> int:  # imported on use: the other commands need none of it
+        from ffleet.batch_worker import cmd_worker as run_worker
+
+        return run_worker(args)
+
+    p = sub.add_parser(
+        "worker", help="AWS Batch entrypoint: run one batch (reads FFLEET_BATCH_URI or FFLEET_BATCH_JSON)",
+        description="Run one batch of files as an AWS Batch job does. The batch comes from FFLEET_BATCH_URI "
+        "(s3:// URI of the batch object) or FFLEET_BATCH_JSON (the object inline); FFLEET_WORKERS sets the "
+        "FFmpeg processes at once (default: the job's vCPUs). Exit 0: every file ended; 1: storage fault; "
+        "2: invalid batch; 143: stopped by SIGTERM.",
+    )
+    p.set_defaults(func=cmd_worker)
     return parser
 
 
