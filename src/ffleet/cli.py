@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary object as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_run)
+
+    from ffleet.summarize import add_cli as add_summarize  # issue 5: `ffleet summarize`
+
+    add_summarize(sub)
     return parser
 
 
