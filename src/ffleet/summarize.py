@@ -30,6 +30,7 @@ MANIFEST_FILE = "manifest.json"
 CHUNK = 1 << 16
 # ResultWriter groups child executions by status; these statuses mean the child (one Batch job) failed.
 FAILED_CHILD_STATUSES = ("FAILED", "TIMED_OUT", "ABORTED")
+UNKNOWN = "unknown"  # a batch object with neither records nor a ResultWriter entry
 
 _BATCH_URI = re.compile(r"batches/([A-Za-z0-9._-]+)\.json")
 _BATCH_ID_FIELD = re.compile(r'\\*"batch_id\\*"\s*:\s*\\*"([A-Za-z0-9._-]+)')
@@ -371,9 +372,16 @@ class _Ledger:
         self.loose_count = self.db.execute("SELECT count(*) FROM loose").fetchone()[0]
 
     def batch(self, batch_id: str) -> tuple[str, str | None, str | None] | None:
+        """A batch's ResultWriter outcome, if any; the batch is marked as having a records file."""
         row = self.db.execute("SELECT status, detail, items FROM batch WHERE id = ?", (batch_id,)).fetchone()
-        self.db.execute("UPDATE batch SET seen = 1 WHERE id = ?", (batch_id,))
+        if row:
+            self.db.execute("UPDATE batch SET seen = 1 WHERE id = ?", (batch_id,))
+        else:
+            self.db.execute("INSERT INTO batch(id, seen) VALUES (?, 1)", (batch_id,))
         return row
+
+    def known(self, batch_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM batch WHERE id = ?", (batch_id,)).fetchone() is not None
 
     def claim(self, key: str) -> tuple[str, str] | None:
         """A record for `key` was found: it is not loose any more."""
@@ -386,7 +394,7 @@ class _Ledger:
         return row
 
     def unseen(self) -> Iterator[tuple[str, str, str | None, str | None]]:
-        cur = self.db.execute("SELECT id, status, detail, items FROM batch WHERE seen = 0")
+        cur = self.db.execute("SELECT id, status, detail, items FROM batch WHERE seen = 0 AND status IS NOT NULL")
         yield from cur
 
     def loose(self) -> Iterator[tuple[str, str, str]]:
@@ -411,6 +419,9 @@ def unreported(key: str, batch_status: str, detail: str | None, batch_id: str | 
     if batch_status == "pending":
         return ItemResult(key=key, status=NOT_DONE, reason="interrupted",
                           detail="the map run ended before this batch finished" + where)
+    if batch_status == UNKNOWN:
+        return ItemResult(key=key, status=NOT_DONE, reason="interrupted",
+                          detail="no result record, and ResultWriter does not list this batch" + where)
     return ItemResult(key=key, status=FAILED, reason="internal_error",
                       detail="the Batch job succeeded but wrote no result record for this file" + where)
 
@@ -502,7 +513,7 @@ def summarize_cloud(
             for obj in store.list(prefix + RECORDS_DIR):
                 if not obj.key.endswith(".jsonl"):
                     continue
-                batch_id = posixpath.basename(obj.key)[: -len(".jsonl")]
+                batch_id = posixpath.basename(obj.key).removesuffix(".jsonl")
                 agg.record_files += 1
                 known = ledger.batch(batch_id)
                 track = known is not None and known[0] != SUCCEEDED
@@ -515,8 +526,14 @@ def summarize_cloud(
                 if track:
                     _report_missing(agg, ledger, batch_id, known, store, prefix, seen_keys)
             # 3. Batches ResultWriter reported but that wrote no records file at all.
-            for batch_id, status, detail, items in list(ledger.unseen()):
+            for batch_id, status, detail, items in ledger.unseen():
                 _report_missing(agg, ledger, batch_id, (status, detail, items), store, prefix, set())
+            # 3b. Batch objects nothing else mentions (ResultWriter incomplete or missing, as under
+            # moto): their files were handed to a job and never reported.
+            for obj in store.list(prefix + BATCHES_DIR):
+                batch_id = posixpath.basename(obj.key).removesuffix(".json")
+                if obj.key.endswith(".json") and not ledger.known(batch_id):
+                    _report_missing(agg, ledger, batch_id, (UNKNOWN, None, None), store, prefix, set())
             # 4. Files of failed batches whose id was never revealed, and that no record claimed.
             for key, status, detail in ledger.loose():
                 agg.add(unreported(key, status, detail, None))
@@ -558,8 +575,12 @@ def _report_missing(agg, ledger, batch_id, known, store, prefix, seen_keys: set[
         key = _item_key(item)
         if key and key not in seen_keys:
             seen_keys.add(key)  # a batch may name a key twice
-            ledger.claim(key)
-            agg.add(unreported(key, status, detail, batch_id))
+            claimed = ledger.claim(key)
+            if claimed and status == UNKNOWN:
+                status_here, detail_here = claimed  # the failed child ResultWriter reported without an id
+            else:
+                status_here, detail_here = status, detail
+            agg.add(unreported(key, status_here, detail_here, batch_id))
 
 
 def _summary_bytes(summary: dict[str, Any]) -> bytes:
