@@ -210,8 +210,24 @@ class BatchOutcome:
     stop: float | None = None
 
     def detail(self) -> str:
+        """Why the job failed, in one line: the error, and from a Batch job description in Cause
+        its status reason and the last attempt's exit code or reason."""
+        error = self.error or "batch job failed"
         cause = (self.cause or "").strip()
-        return f"{self.error or 'batch job failed'}: {cause}"[:300] if cause else (self.error or "batch job failed")
+        job = _json_or_none(cause)
+        if isinstance(job, dict):
+            parts = [f"job {job['JobId']}" if job.get("JobId") else "", str(job.get("StatusReason") or "")]
+            attempts = job.get("Attempts")
+            last = attempts[-1] if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict) else {}
+            container = last.get("Container") if isinstance(last.get("Container"), dict) else {}
+            if container.get("Reason") or last.get("StatusReason"):
+                parts.append(str(container.get("Reason") or last.get("StatusReason")))
+            if container.get("ExitCode") is not None:
+                parts.append(f"exit code {container['ExitCode']}")
+            if isinstance(attempts, list):
+                parts.append(f"{len(attempts)} attempt(s)")
+            cause = ", ".join(p for p in parts if p)
+        return f"{error}: {cause}"[:300] if cause else error
 
 
 def _json_or_none(value: Any) -> Any:
@@ -413,7 +429,7 @@ def _item_key(item: Any) -> str | None:
 
 def unreported(key: str, batch_status: str, detail: str | None, batch_id: str | None) -> ItemResult:
     """The record a file gets when its Batch job ended without reporting it."""
-    where = f" (batch {batch_id})" if batch_id else ""
+    where = f" [batch {batch_id}]" if batch_id else ""
     if batch_status == FAILED:
         return ItemResult(key=key, status=FAILED, reason="batch_job_failed", detail=(detail or "") + where)
     if batch_status == "pending":
