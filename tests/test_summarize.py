@@ -210,6 +210,16 @@ def test_batch_objects_nobody_reported(cloud_run):
     assert redrive_keys(folder / "failed-files.jsonl") == ["h/2.wav", "v/1.wav", "v/2.wav"]
 
 
+def test_missing_result_writer_manifest_still_summarizes(tmp_path):
+    root = tmp_path / "bucket"
+    run = RunFixture(local_put(root))
+    run.batch("b1", ["a.wav", "b.wav"], records=[record("a.wav")])
+    s = summarize_cloud(str(root / run.prefix), str(root / run.prefix / MAP_RUN / "manifest.json")).summary
+    assert s["run"]["result_writer_missing"] is True and "batches" not in s
+    assert s["files"]["succeeded"] == 1 and s["files"]["not_done"] == 1  # b.wav: handed out, never reported
+    assert redrive_keys(root / run.prefix / "failed-files.jsonl") == ["b.wav"]
+
+
 def test_pending_batches_are_not_done_and_succeeded_batch_without_records(cloud_run):
     run, summarize = cloud_run
     run.batch("p1", ["p/1.wav", "p/2.wav"], status="PENDING", records=[record("p/1.wav")])
@@ -441,6 +451,9 @@ def test_cli_summarize_local_run_matches_run(tmp_path, tone_cache):
     for field in ("files", "bytes", "audio_seconds", "failures_by_reason", "failed_percent", "within_tolerance", "run"):
         assert again[field] == local[field], field
     assert local["files"]["failed"] == 1 and local["files"]["succeeded"] == 3
+
+    parent = run_cli("summarize", str(Path(folder).parent))  # the results root, not one run
+    assert parent.returncode == 2 and Path(folder).name in parent.stderr
 
     human = run_cli("summarize", folder)
     assert human.returncode == 0 and "3 succeeded, 1 failed" in human.stdout and "bad.wav" in human.stdout

@@ -9,7 +9,7 @@ import re
 import sqlite3
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -513,9 +513,15 @@ def summarize_cloud(
             # 1. ResultWriter: one entry per Batch job. Remember ids and outcomes, not records.
             if manifest_uri:
                 m_store, m_key = open_location(manifest_uri, s3_client)
-                manifest, entries = read_result_writer(m_store, m_key)
-                run["map_run_arn"] = manifest.get("MapRunArn")
                 run["result_writer_manifest"] = m_store.uri(m_key)
+                try:
+                    manifest, entries = read_result_writer(m_store, m_key)
+                    run["map_run_arn"] = manifest.get("MapRunArn")
+                except NotFound:
+                    # ResultWriter failed or was not configured: the records and batch objects
+                    # still tell what happened to every file, only the job counts are lost.
+                    run["result_writer_missing"] = True
+                    entries = iter(())
                 for b in entries:
                     agg.builder.add_batch(b.status, b.retries)
                     start = min(filter(None, (start, b.start)), default=None)
@@ -531,8 +537,9 @@ def summarize_cloud(
                     continue
                 batch_id = posixpath.basename(obj.key).removesuffix(".jsonl")
                 agg.record_files += 1
-                known = ledger.batch(batch_id)
-                track = known is not None and known[0] != SUCCEEDED
+                # A batch ResultWriter did not list is checked against its batch object too.
+                known = ledger.batch(batch_id) or (UNKNOWN, None, None)
+                track = known[0] != SUCCEEDED
                 seen_keys: set[str] = set()
                 for r in iter_records(store, obj.key):
                     ledger.claim(r.key)
@@ -559,8 +566,8 @@ def summarize_cloud(
         run["results"] = store.uri(prefix)
         run["record_files"] = agg.record_files
         if start and stop:
-            run["started_at"] = datetime.fromtimestamp(start).astimezone().isoformat(timespec="seconds")
-            run["stopped_at"] = datetime.fromtimestamp(stop).astimezone().isoformat(timespec="seconds")
+            run["started_at"] = datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="seconds")
+            run["stopped_at"] = datetime.fromtimestamp(stop, timezone.utc).isoformat(timespec="seconds")
         summary = agg.builder.summary(
             wall_seconds=(stop - start) if start and stop else 0.0,
             tolerated_failure_percent=tolerated_failure_percent,
@@ -650,8 +657,16 @@ def summarize_location(location: str, *, s3_client=None, write: bool = False, re
             return summarize_local_run(location, tolerated_failure_percent)
         results_prefix = results_prefix or location
         manifest_uri = _find_manifest(results_prefix, s3_client)
-    if not location.startswith("s3://") and not Path(results_prefix).is_dir():
-        raise SummarizeError(f"{results_prefix} is not a results folder")
+    if not location.startswith("s3://"):
+        folder = Path(results_prefix)
+        if not folder.is_dir():
+            raise SummarizeError(f"{results_prefix} is not a results folder")
+        if manifest_uri is None and not (folder / RECORDS_DIR).is_dir():
+            runs = sorted(p.parent.name for p in folder.glob(f"*/{LOCAL_RECORDS_FILE}"))[-5:]
+            hint = f"; runs in it: {', '.join(runs)}" if runs else ""
+            raise SummarizeError(
+                f"{folder} holds no {LOCAL_RECORDS_FILE} (a local run), records/ or */{MANIFEST_FILE} (a cloud run){hint}"
+            )
     tolerance = tolerated_failure_percent
     if tolerance is None:
         tolerance = _previous_tolerance(results_prefix, s3_client)
