@@ -13,7 +13,7 @@ from conftest import EVENTS, REPO, run_cli, write_json
 from ffleet.inventory import read_manifest
 from ffleet.results import ItemResult
 from ffleet.summarize import (
-    SummarizeError, iter_json_values, parse_event, summarize_cloud, summarize_location,
+    SummarizeError, iter_json_values, parse_event, summarize_cloud,
 )
 
 MAP_RUN = "4977ded7-b097-3bee-81e1-7863c5660f29"

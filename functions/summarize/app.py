@@ -25,7 +25,7 @@ def _client():
 
 
 @logger.inject_lambda_context
-@metrics.log_metrics
+@metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler
 def handler(event, context):  # noqa: ARG001
     request = parse_event(event)

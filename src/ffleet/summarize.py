@@ -8,7 +8,7 @@ import posixpath
 import re
 import sqlite3
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -448,7 +448,6 @@ class RunSummary:
     summary: dict[str, Any]
     summary_uri: str | None = None
     failed_files_uri: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def short(self) -> dict[str, Any]:
         """What the execution's output shows: the counts, not the lists."""
