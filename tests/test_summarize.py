@@ -45,8 +45,8 @@ def job_detail(batch_uri: str, attempts: int, status: str) -> dict:
 class RunFixture:
     """Writes one cloud run's results (batches/, records/, ResultWriter files) through `put`."""
 
-    def __init__(self, put, bucket: str = "results", prefix: str = "runs/exec-1/"):
-        self.put, self.bucket, self.prefix = put, bucket, prefix
+    def __init__(self, put, bucket: str = "results", prefix: str = "runs/exec-1/", map_run: str = MAP_RUN):
+        self.put, self.bucket, self.prefix, self.map_run = put, bucket, prefix, map_run
         self.groups: dict[str, list[dict]] = {"SUCCEEDED": [], "FAILED": [], "PENDING": []}
         self.minute = 0
 
@@ -80,7 +80,7 @@ class RunFixture:
 
     def finish(self, jsonl: bool = False, per_file: int = 1000) -> str:
         """Write the ResultWriter files and manifest.json; return the manifest's key."""
-        base = f"{self.prefix}{MAP_RUN}/"
+        base = f"{self.prefix}{self.map_run}/"
         result_files: dict[str, list] = {"FAILED": [], "PENDING": [], "SUCCEEDED": []}
         for group, entries in self.groups.items():
             for n, start in enumerate(range(0, len(entries), per_file)):
@@ -89,7 +89,7 @@ class RunFixture:
                 key = f"{base}{group}_{n}.json"
                 self.put(key, body)
                 result_files[group].append({"Key": key, "Size": len(body)})
-        manifest = {"DestinationBucket": self.bucket, "MapRunArn": f"arn:aws:states:us-east-1:123456789012:mapRun:ffleet-pipeline/Process files:{MAP_RUN}",
+        manifest = {"DestinationBucket": self.bucket, "MapRunArn": f"arn:aws:states:us-east-1:123456789012:mapRun:ffleet-pipeline/Process files:{self.map_run}",
                     "ResultFiles": result_files}
         self.put(base + "manifest.json", json.dumps(manifest).encode())
         return base + "manifest.json"
@@ -371,15 +371,11 @@ def test_handler_with_sample_event_writes_summary_and_emits_emf(monkeypatch, cap
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=bucket)
-        run = RunFixture(lambda k, d: s3.put_object(Bucket=bucket, Key=k, Body=d), bucket=bucket, prefix=prefix)
+        run = RunFixture(lambda k, d: s3.put_object(Bucket=bucket, Key=k, Body=d), bucket=bucket, prefix=prefix,
+                         map_run=map_run)
         run.batch("b1", ["m/1.wav", "m/2.wav"], records=[record("m/1.wav", seconds=1800), record("m/2.wav", "failed", "corrupt_input")])
         run.batch("b2", ["n/1.wav", "n/2.wav"], status="FAILED", attempts=2, records=[record("n/1.wav", "skipped")])
-        global MAP_RUN
-        saved, MAP_RUN = MAP_RUN, map_run
-        try:
-            assert run.finish() == event["map_result"]["ResultWriterDetails"]["Key"]
-        finally:
-            MAP_RUN = saved
+        assert run.finish() == event["map_result"]["ResultWriterDetails"]["Key"]
 
         spec = importlib.util.spec_from_file_location("summarize_app", REPO / "functions/summarize/app.py")
         app = importlib.util.module_from_spec(spec)
