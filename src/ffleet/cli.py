@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         "2: invalid batch; 143: stopped by SIGTERM.",
     )
     p.set_defaults(func=cmd_worker)
+
+    from ffleet.summarize import add_cli as add_summarize
+
+    add_summarize(sub)
     return parser
 
 

@@ -46,7 +46,9 @@ class ItemResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ItemResult":
-        known = {f for f in cls.__dataclass_fields__}
+        known = cls.__dataclass_fields__.keys()
+        if "extra" not in d and d.keys() <= known:
+            return cls(**d)  # the common case; summarizing millions of records spends its time here
         extra = dict(d.get("extra") or {})
         extra.update({k: v for k, v in d.items() if k not in known})
         return cls(**{k: v for k, v in d.items() if k in known and k != "extra"}, extra=extra)
@@ -73,6 +75,11 @@ class SummaryBuilder:
         self.cpu_seconds = 0.0
         self.failures: list[dict[str, Any]] = []
         self.failure_list_limit = failure_list_limit
+        # AWS Batch jobs (Distributed Map children) by outcome; cloud runs only, so a local
+        # summary keeps its schema and a cloud summary is a superset of it.
+        self.jobs: Counter[str] = Counter()
+        self.job_retries = 0
+        self.jobs_with_known_attempts = 0
 
     def add(self, r: ItemResult) -> None:
         self.counts[r.status] += 1
@@ -87,6 +94,13 @@ class SummaryBuilder:
             self.bytes_in += r.bytes_in or 0
             self.seconds_in += r.duration_in or 0.0
         self.cpu_seconds += r.cpu_seconds or 0.0
+
+    def add_batch(self, outcome: str, retries: int | None = None) -> None:
+        """Count one AWS Batch job: outcome is succeeded, failed or pending; retries if known."""
+        self.jobs[outcome] += 1
+        if retries is not None:
+            self.job_retries += retries
+            self.jobs_with_known_attempts += 1
 
     def add_all(self, records: Iterable[ItemResult]) -> "SummaryBuilder":
         for r in records:
@@ -106,7 +120,7 @@ class SummaryBuilder:
 
     def summary(self, *, wall_seconds: float, tolerated_failure_percent: float = 0.0, **run: Any) -> dict[str, Any]:
         failed_percent = self.failed_percent()
-        return {
+        summary = {
             "run": run,
             "files": {
                 "total": self.total,
@@ -128,6 +142,18 @@ class SummaryBuilder:
             "failures": self.failures,
             "failures_truncated": self.failed_count > len(self.failures),
         }
+        if self.jobs:
+            jobs = sum(self.jobs.values())
+            summary["batches"] = {
+                "jobs": jobs,
+                "succeeded": self.jobs[SUCCEEDED],
+                "failed": self.jobs[FAILED],
+                "pending": self.jobs["pending"],
+                "failed_percent": round(100.0 * self.jobs[FAILED] / jobs, 4),
+                "retries": self.job_retries if self.jobs_with_known_attempts else None,
+                "jobs_with_known_attempts": self.jobs_with_known_attempts,
+            }
+        return summary
 
 
 def failed_manifest_line(r: ItemResult) -> str:
@@ -148,6 +174,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"failed     {summary['failed_percent']:.2f}% (tolerated {summary['tolerated_failure_percent']}%)"
         + ("" if summary["within_tolerance"] else "  -> OVER TOLERANCE"),
     ]
+    if summary.get("batches"):
+        bj = summary["batches"]
+        lines.append(
+            f"batch jobs {bj['jobs']} total: {bj['succeeded']} succeeded, {bj['failed']} failed"
+            + (f", {bj['pending']} pending" if bj.get("pending") else "")
+            + (f"; {bj['retries']} retries" if bj.get("retries") is not None else "; retries unknown")
+        )
     if summary["failures_by_reason"]:
         lines.append("reasons    " + ", ".join(f"{k}: {v}" for k, v in summary["failures_by_reason"].items()))
     for fail in summary["failures"][:10]:
