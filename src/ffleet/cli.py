@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary object as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_run)
+
+    from ffleet.submit import cmd_submit
+
+    p = sub.add_parser("submit", help="upload a job request to a deployed stack's trigger bucket (starts a cloud run)")
+    p.add_argument("request", help="path of the job request (JSON)")
+    p.add_argument("--stack", required=True, help="name of the deployed ffleet stack (sam deploy's stack_name)")
+    p.set_defaults(func=cmd_submit)
     return parser
 
 
