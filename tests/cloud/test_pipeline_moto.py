@@ -383,3 +383,21 @@ def _put_event_for_existing(cloud, key: str) -> dict:
     event["Records"][0]["s3"]["bucket"]["name"] = TRIGGER
     event["Records"][0]["s3"]["object"]["key"] = quote_plus(key, safe="/")
     return event
+
+
+@pytest.mark.parametrize("cloud", [False], indirect=True, ids=["inline-map-output"])
+def test_csv_manifest_branch(cloud):
+    cloud.s3.put_object(Bucket=MEDIA, Key="lists/todo.csv", Body=b"key,note\nin/x.wav,first\nin/y z.wav,second\n")
+    req = _request()
+    req["input"] = {"s3_bucket": MEDIA, "manifest": f"s3://{MEDIA}/lists/todo.csv"}
+    out = cloud.start.handler(_put_request(cloud, "jobs/manifest.json", req), FakeContext())
+    desc = _wait(cloud.sfn, out["started"][0]["execution_arn"])
+    assert desc["status"] == "SUCCEEDED", desc
+    assert "Process CSV manifest" in _history_names(cloud.sfn, desc["executionArn"])
+    children = json.loads(desc["output"])["map_result"]
+    assert [c["status"] for c in children] == ["SUCCEEDED", "SUCCEEDED"]
+    items = []
+    for c in children:
+        bucket, key = c["batch_uri"][5:].split("/", 1)
+        items += json.loads(cloud.s3.get_object(Bucket=bucket, Key=key)["Body"].read())["Items"]
+    assert sorted(i["key"] for i in items) == ["in/x.wav", "in/y z.wav"]
