@@ -429,3 +429,12 @@ def test_start_function_only_reads_requests_and_starts_the_pipeline(transformed)
     actions, text = _role_text(transformed, "StartFunctionRole")
     assert actions == {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "states:StartExecution"}
     assert "trigger" in text and "PipelineStateMachine" in text
+
+
+def test_comments_only_where_step_functions_accepts_them(asl):
+    """asl-validator lets a Comment through anywhere; Step Functions takes it on states and the top level."""
+    for name, state in _all_states(asl):
+        for field in ("ItemBatcher", "ItemReader", "ResultWriter"):
+            assert "Comment" not in state.get(field, {}), (name, field)
+        for rule in state.get("Retry", []) + state.get("Catch", []):
+            assert "Comment" not in rule, name
