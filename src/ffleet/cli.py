@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     from ffleet.summarize import add_cli as add_summarize
 
     add_summarize(sub)
+
+    from ffleet.submit import cmd_submit
+
+    p = sub.add_parser("submit", help="upload a job request to a deployed stack's trigger bucket (starts a cloud run)")
+    p.add_argument("request", help="path of the job request (JSON)")
+    p.add_argument("--stack", required=True, help="name of the deployed ffleet stack (sam deploy's stack_name)")
+    p.set_defaults(func=cmd_submit)
     return parser
 
 

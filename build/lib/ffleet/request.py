@@ -1,0 +1,311 @@
+"""The job request: the original FFmpeg-on-Batch format, plus ffleet's optional additions."""
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ffleet.policy import OptionPolicyError, parse_options
+
+COMPUTE_TYPES = ("intel", "amd", "arm", "nvidia", "fargate", "fargate-arm")
+
+# Batch best practice is jobs of 3-5 minutes. A typical 30-60 s clip takes ~0.2 s of CPU to
+# transcode, so a 4-vCPU job of 1000 files lasts a few minutes including fetch and upload.
+# `ffleet plan` computes a value from measured per-file cost; this default is the fallback.
+DEFAULT_FILES_PER_JOB = 1000
+DEFAULT_TIMEOUT_SECONDS_PER_FILE = 600
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+_EXTENSION_PATTERN = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9._-]{0,15}$")
+
+
+class RequestError(ValueError):
+    """An invalid request. `problems` is a list of (field, message) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{field}: {message}" for field, message in problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"valid": False, "errors": [{"field": f, "message": m} for f, m in self.problems]}
+
+
+def _null_to_none(value: Any) -> Any:
+    """The original sample writes the literal string "null" for an unset option."""
+    if isinstance(value, str) and value.strip().lower() in ("null", "none"):
+        return None
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: _null_to_none(v) for k, v in data.items()}
+        return data
+
+
+def _check_options(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    parse_options(value)  # raises OptionPolicyError, reported against the field by pydantic
+    return value
+
+
+class InputSpec(_Model):
+    s3_bucket: str | None = Field(None, description="Bucket that holds the inputs.")
+    s3_prefix: str = Field("", description="Key prefix to list; every object under it is an input.")
+    file_options: str | None = Field(None, description="FFmpeg options placed before -i.")
+    manifest: str | None = Field(
+        None, description="s3:// URI or local path of a CSV or JSON Lines list of keys; replaces s3_prefix."
+    )
+    extensions: list[str] | None = Field(None, description='Only keys ending with one of these, e.g. [".wav"].')
+    path: str | None = Field(None, description="A local folder of inputs, instead of s3_bucket/s3_prefix.")
+
+    _opts = field_validator("file_options")(classmethod(lambda cls, v: _check_options(v)))
+
+    @field_validator("s3_prefix", mode="before")
+    @classmethod
+    def _prefix(cls, v: Any) -> Any:
+        return "" if v is None else v
+
+    @field_validator("extensions")
+    @classmethod
+    def _extensions(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        out = []
+        for ext in v:
+            ext = ext if ext.startswith(".") else "." + ext
+            if not _EXTENSION_PATTERN.match(ext):
+                raise ValueError(f"{ext!r} is not a file extension like '.wav'")
+            out.append(ext.lower())
+        return out or None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "InputSpec":
+        if self.path is None and self.s3_bucket is None:
+            raise ValueError("give either s3_bucket (with s3_prefix or manifest) or path")
+        if self.path is not None and self.s3_bucket is not None:
+            raise ValueError("give either s3_bucket or path, not both")
+        if self.manifest and self.s3_prefix:
+            raise ValueError("give either s3_prefix or manifest, not both")
+        return self
+
+
+class OutputSpec(_Model):
+    s3_bucket: str | None = Field(None, description="Bucket the outputs are written to.")
+    s3_prefix: str = Field("", description="Prepended to each input key to make the output key.")
+    s3_suffix: str = Field("", description="Appended to each output key (after the extension).")
+    file_options: str | None = Field(None, description="FFmpeg options placed before the output.")
+    extension: str | None = Field(None, description='Replaces the input extension, e.g. ".flac".')
+    overwrite: bool = Field(False, description="Re-encode even when the output exists (default: skip it).")
+    path: str | None = Field(None, description="A local folder for the outputs, instead of s3_bucket.")
+
+    _opts = field_validator("file_options")(classmethod(lambda cls, v: _check_options(v)))
+
+    @field_validator("s3_prefix", "s3_suffix", mode="before")
+    @classmethod
+    def _empty(cls, v: Any) -> Any:
+        return "" if v is None else v
+
+    @field_validator("s3_suffix")
+    @classmethod
+    def _suffix(cls, v: str) -> str:
+        if "/" in v:
+            raise ValueError("must not contain '/'")
+        return v
+
+    @field_validator("extension")
+    @classmethod
+    def _extension(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v if v.startswith(".") else "." + v
+        if not _EXTENSION_PATTERN.match(v):
+            raise ValueError(f"{v!r} is not a file extension like '.flac'")
+        return v
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "OutputSpec":
+        if self.path is None and self.s3_bucket is None:
+            raise ValueError("give either s3_bucket or path")
+        if self.path is not None and self.s3_bucket is not None:
+            raise ValueError("give either s3_bucket or path, not both")
+        return self
+
+
+class GlobalSpec(_Model):
+    options: str | None = Field(None, description="FFmpeg global options, placed before all inputs.")
+
+    _opts = field_validator("options")(classmethod(lambda cls, v: _check_options(v)))
+
+
+class ResultsSpec(_Model):
+    s3_bucket: str | None = None
+    s3_prefix: str | None = None
+    path: str | None = None
+
+
+class ProcessingSpec(_Model):
+    files_per_job: int = Field(DEFAULT_FILES_PER_JOB, ge=1, le=100_000, description="Files per AWS Batch job.")
+    max_concurrency: int = Field(
+        100, ge=1, le=10_000, description="Batch jobs in flight at once (Distributed Map MaxConcurrency)."
+    )
+    tolerated_failure_percent: float = Field(
+        0, ge=0, le=100, description="Share of failed files (and Batch jobs) that still counts as success."
+    )
+    timeout_seconds_per_file: int = Field(
+        DEFAULT_TIMEOUT_SECONDS_PER_FILE, ge=1, le=86_400, description="FFmpeg is killed after this long."
+    )
+    require_audio: bool = Field(
+        True, description="Fail inputs with no audio stream (no_audio_stream). Set false for video-only work."
+    )
+    verify_duration: bool = Field(
+        True, description="Fail outputs whose duration differs from the input's (after -ss/-t/-to)."
+    )
+
+
+class JobRequest(_Model):
+    name: str = Field(..., description="Names the run in logs, metrics and results.")
+    compute: Literal["intel", "amd", "arm", "nvidia", "fargate", "fargate-arm"] = "intel"
+    input: InputSpec
+    output: OutputSpec
+    global_: GlobalSpec = Field(default_factory=GlobalSpec, alias="global")
+    processing: ProcessingSpec = Field(default_factory=ProcessingSpec)
+    results: ResultsSpec | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_PATTERN.match(v):
+            raise ValueError("use 1-80 characters: letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return v
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> "JobRequest":
+        # Outputs inside the input location would be listed as inputs by the next run, and an
+        # output key could equal another input's key: refuse rather than risk the user's data.
+        inp, out = self.input, self.output
+        if inp.s3_bucket and out.s3_bucket and inp.s3_bucket == out.s3_bucket and not inp.manifest:
+            if (out.s3_prefix + inp.s3_prefix).startswith(inp.s3_prefix):
+                raise ValueError(
+                    "output.s3_prefix: outputs would land inside the input prefix "
+                    f"s3://{inp.s3_bucket}/{inp.s3_prefix} (and could overwrite inputs); "
+                    "use another output prefix or bucket"
+                )
+        if inp.s3_bucket and out.s3_bucket and inp.s3_bucket == out.s3_bucket and inp.manifest:
+            if not out.s3_prefix and not out.s3_suffix and not out.extension:
+                raise ValueError("output.s3_prefix: output keys would equal the input keys; set a prefix or suffix")
+        if inp.path and out.path:
+            a, b = Path(inp.path).resolve(), Path(out.path).resolve()
+            if a == b or a in b.parents or b in a.parents:
+                raise ValueError(f"output.path: {out.path!r} overlaps input.path {inp.path!r}; use separate folders")
+        loc = self.results_location()
+        if loc.get("path") and inp.path:
+            r, a = Path(loc["path"]).resolve(), Path(inp.path).resolve()
+            if r == a or a in r.parents:
+                raise ValueError(f"results.path: results would land inside input.path {inp.path!r}")
+        if loc.get("s3_bucket") and loc["s3_bucket"] == inp.s3_bucket and not inp.manifest:
+            if loc["s3_prefix"].startswith(inp.s3_prefix):
+                raise ValueError(
+                    f"results.s3_prefix: results would land inside the input prefix s3://{inp.s3_bucket}/{inp.s3_prefix}"
+                )
+        return self
+
+    # --- derived values -------------------------------------------------------------
+    def results_location(self) -> dict[str, str]:
+        """Where per-file records and the summary go: {'s3_bucket','s3_prefix'} or {'path'}."""
+        if self.results and (self.results.path or self.results.s3_bucket):
+            if self.results.path:
+                return {"path": self.results.path}
+            prefix = self.results.s3_prefix if self.results.s3_prefix is not None else f"ffleet-results/{self.name}/"
+            return {"s3_bucket": self.results.s3_bucket, "s3_prefix": _dir(prefix)}
+        if self.output.path:
+            out = Path(self.output.path)
+            return {"path": str(out.parent / f"{out.name}.ffleet-results")}
+        return {"s3_bucket": self.output.s3_bucket, "s3_prefix": f"ffleet-results/{self.name}/"}
+
+    def option_tokens(self) -> dict[str, list[str]]:
+        return {
+            "global": parse_options(self.global_.options or ""),
+            "input": parse_options(self.input.file_options or ""),
+            "output": parse_options(self.output.file_options or ""),
+        }
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+def _dir(prefix: str) -> str:
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            p = "global" if p == "global_" else p
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "(request)"
+
+
+def parse_request(data: Any) -> JobRequest:
+    """Validate a decoded request. Raises RequestError naming each bad field."""
+    if not isinstance(data, dict):
+        raise RequestError([("(request)", "must be a JSON object")])
+    try:
+        return JobRequest.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = _field_name(err["loc"])
+            msg = err["msg"]
+            ctx_err = (err.get("ctx") or {}).get("error")
+            if isinstance(ctx_err, OptionPolicyError):
+                msg = str(ctx_err)
+            elif msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field (check the spelling; see the README's request reference)"
+            # model-level checks name their own field at the start of the message
+            m = re.match(r"^([a-z_]+(?:\.[a-z_0-9]+)+): (.*)$", msg, re.S)
+            if m and field in ("(request)", "input", "output", "processing"):
+                field, msg = m.group(1), m.group(2)
+            problems.append((field, msg))
+        raise RequestError(problems) from None
+
+
+def parse_request_text(text: str | bytes, source: str = "request") -> JobRequest:
+    try:
+        data = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise RequestError([("(request)", f"{source} is not valid JSON{where}: {exc.msg if hasattr(exc, 'msg') else exc}")]) from None
+    return parse_request(data)
+
+
+def load_request(path: str | Path) -> JobRequest:
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except OSError as exc:
+        raise RequestError([("(request)", f"cannot read {p}: {exc.strerror}")]) from None
+    return parse_request_text(text, source=str(p))
+
+
+def safe_key(key: str) -> str:
+    """Normalised posix key; refuses keys that would escape a local folder."""
+    norm = posixpath.normpath(key)
+    if norm.startswith("../") or norm == ".." or norm.startswith("/"):
+        raise ValueError(f"key {key!r} escapes its folder")
+    return key

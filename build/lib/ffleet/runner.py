@@ -1,0 +1,118 @@
+"""The local runner behind `ffleet run`: list, process in a pool, write results, summarize."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from ffleet.inventory import list_items
+from ffleet.request import JobRequest
+from ffleet.results import FAILED, NOT_DONE, ItemResult, SummaryBuilder, failed_manifest_line
+from ffleet.storage import LocalStorage, results_storage
+from ffleet.worker import WorkContext, default_workers, run_items
+
+RECORDS_FILE = "records.jsonl"
+SUMMARY_FILE = "summary.json"
+FAILED_FILE = "failed-files.jsonl"
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+@dataclass
+class RunOutcome:
+    summary: dict
+    results_uri: str
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.summary["within_tolerance"] else 1
+
+
+@contextmanager
+def stop_on_signals(ctx: WorkContext):
+    """SIGTERM/SIGINT stop the run cleanly: running FFmpegs are killed, the rest reported not_done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        ctx.registry.stop_all()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run_request(
+    request: JobRequest,
+    workers: int | None = None,
+    client=None,
+    progress: Callable[[int, ItemResult | None], None] | None = None,
+    work_dir: Path | None = None,
+) -> RunOutcome:
+    """Run a request on this machine. `progress(total, result)` is called once with the total
+    (result None) and then after each file."""
+    started = time.monotonic()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    run_id = new_run_id()
+    store, prefix = results_storage(request, client)
+    run_prefix = f"{prefix}{run_id}/"
+    own_work_dir = work_dir is None
+    wd = Path(work_dir or tempfile.mkdtemp(prefix="ffleet-run-"))
+    ctx = WorkContext.for_request(request, work_dir=wd / "items", client=client)
+    builder = SummaryBuilder()
+    # Records are appended and flushed as each file ends, so a killed run still leaves a record of
+    # everything it finished. For S3 results they are staged locally and uploaded at the end.
+    if isinstance(store, LocalStorage):
+        run_dir = Path(store.root) / run_id
+    else:
+        run_dir = wd / "results"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        items = list(list_items(request, client))
+        if progress:
+            progress(len(items), None)
+        with stop_on_signals(ctx), open(run_dir / RECORDS_FILE, "w", encoding="utf-8") as records, open(
+            run_dir / FAILED_FILE, "w", encoding="utf-8"
+        ) as failed:
+            for res in run_items(ctx, items, workers=workers or default_workers()):
+                records.write(res.to_json() + "\n")
+                records.flush()
+                if res.status in (FAILED, NOT_DONE):
+                    failed.write(failed_manifest_line(res) + "\n")
+                builder.add(res)
+                if progress:
+                    progress(len(items), res)
+        summary = builder.summary(
+            wall_seconds=time.monotonic() - started,
+            tolerated_failure_percent=request.processing.tolerated_failure_percent,
+            name=request.name,
+            run_id=run_id,
+            started_at=started_at,
+            mode="local",
+            workers=workers or default_workers(),
+            results=store.uri(run_prefix),
+        )
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if not isinstance(store, LocalStorage):
+            for name in (RECORDS_FILE, FAILED_FILE, SUMMARY_FILE):
+                store.store(run_dir / name, run_prefix + name, content_type="application/json")
+        return RunOutcome(summary=summary, results_uri=store.uri(run_prefix))
+    finally:
+        if own_work_dir:
+            shutil.rmtree(wd, ignore_errors=True)
+

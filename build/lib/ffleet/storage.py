@@ -1,0 +1,254 @@
+"""Storage backends behind one small interface: S3 (any endpoint) and local folders."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+from urllib.parse import urlparse
+
+
+class StorageError(RuntimeError):
+    """Storage could not be read or written (after retries). The file is not the problem."""
+
+
+class NotFound(StorageError):
+    pass
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    key: str
+    size: int | None = None
+
+
+class Storage(Protocol):
+    def uri(self, key: str) -> str: ...
+    def list(self, prefix: str = "") -> Iterator[ListedObject]: ...
+    def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int: ...
+    def fetch(self, key: str, dest: Path) -> int: ...
+    def store(self, src: Path, key: str, content_type: str | None = None) -> None: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
+
+
+_TMP_MARK = ".ffleet-tmp-"
+
+
+class LocalStorage:
+    """A folder; keys are '/'-separated paths relative to it. Writes are atomic (temp + rename)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        p = (self.root / key).resolve()
+        root = self.root.resolve()
+        if p != root and root not in p.parents:
+            raise StorageError(f"key {key!r} escapes {self.root}")
+        return p
+
+    def uri(self, key: str) -> str:
+        return str(self.root / key)
+
+    def list(self, prefix: str = "") -> Iterator[ListedObject]:
+        if not self.root.is_dir():
+            raise StorageError(f"input folder {self.root} does not exist")
+        # sorted walk: deterministic order, so batches and reports are reproducible
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if _TMP_MARK in name:
+                    continue
+                full = Path(dirpath) / name
+                key = full.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    try:
+                        yield ListedObject(key, full.stat().st_size)
+                    except FileNotFoundError:
+                        continue
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"{self.uri(key)} does not exist") from None
+
+    def fetch(self, key: str, dest: Path) -> int:
+        src = self._path(key)
+        try:
+            shutil.copyfile(src, dest)
+        except FileNotFoundError:
+            raise NotFound(f"{self.uri(key)} does not exist") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {src}: {exc.strerror}") from exc
+        return dest.stat().st_size
+
+    def store(self, src: Path, key: str, content_type: str | None = None) -> None:
+        dest = self._path(key)
+        tmp = dest.with_name(f"{_TMP_MARK}{uuid.uuid4().hex}-{dest.name}")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(src, tmp)  # same filesystem: no copy
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)  # atomic: a reader sees the old file or the whole new one
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {dest}: {exc.strerror}") from exc
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"{self.uri(key)} does not exist") from None
+
+    def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        with tempfile.NamedTemporaryFile(delete=False, dir=self.root if self.root.exists() else None) as f:
+            f.write(data)
+        try:
+            self.store(Path(f.name), key)
+        finally:
+            Path(f.name).unlink(missing_ok=True)
+
+
+def s3_client():
+    """A boto3 S3 client with retries for throttling (503 SlowDown) and 5xx.
+
+    boto3 honours AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, so a moto server or any S3-compatible
+    endpoint works without code changes. 'adaptive' mode adds client-side rate limiting on top of
+    'standard' retries, which is what a prefix under SlowDown needs.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"max_attempts": int(os.environ.get("FFLEET_S3_MAX_ATTEMPTS", "10")), "mode": "adaptive"},
+        max_pool_connections=int(os.environ.get("FFLEET_S3_MAX_POOL", "32")),
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
+class S3Storage:
+    """One bucket. Keys are used exactly as given (spaces, '+', unicode)."""
+
+    def __init__(self, bucket: str, client=None):
+        self.bucket = bucket
+        self._client = client
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = s3_client()
+        return self._client
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def _error(self, exc: Exception, what: str, key: str) -> StorageError:
+        from botocore.exceptions import ClientError
+
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                return NotFound(f"{self.uri(key)} does not exist")
+            return StorageError(f"cannot {what} {self.uri(key)}: {code} {exc.response.get('Error', {}).get('Message', '')}".strip())
+        return StorageError(f"cannot {what} {self.uri(key)}: {exc}")
+
+    def list(self, prefix: str = "") -> Iterator[ListedObject]:
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield ListedObject(obj["Key"], obj.get("Size"))
+        except Exception as exc:  # noqa: BLE001 - every failure here is a storage failure
+            raise self._error(exc, "list", prefix) from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+            return True
+        except NotFound:
+            return False
+
+    def size(self, key: str) -> int:
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, "read", key) from exc
+
+    def fetch(self, key: str, dest: Path) -> int:
+        try:
+            self.client.download_file(self.bucket, key, str(dest))
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, "download", key) from exc
+        return dest.stat().st_size
+
+    def store(self, src: Path, key: str, content_type: str | None = None) -> None:
+        extra = {"ContentType": content_type} if content_type else None
+        try:
+            # An S3 object appears whole or not at all, so a killed upload leaves no partial output.
+            self.client.upload_file(str(src), self.bucket, key, ExtraArgs=extra)
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, "upload", key) from exc
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, "read", key) from exc
+
+    def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        try:
+            kwargs = {"ContentType": content_type} if content_type else {}
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, "write", key) from exc
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def open_location(uri_or_path: str, client=None) -> tuple[Storage, str]:
+    """'s3://b/p' -> (S3Storage(b), 'p'); a local path -> (LocalStorage(parent or path), name or '')."""
+    if uri_or_path.startswith("s3://"):
+        bucket, key = split_s3_uri(uri_or_path)
+        return S3Storage(bucket, client), key
+    p = Path(uri_or_path)
+    if p.is_dir():
+        return LocalStorage(p), ""
+    return LocalStorage(p.parent), p.name
+
+
+def input_storage(request, client=None) -> tuple[Storage, str]:
+    if request.input.path:
+        return LocalStorage(request.input.path), ""
+    return S3Storage(request.input.s3_bucket, client), request.input.s3_prefix
+
+
+def output_storage(request, client=None) -> Storage:
+    if request.output.path:
+        return LocalStorage(request.output.path)
+    return S3Storage(request.output.s3_bucket, client)
+
+
+def results_storage(request, client=None) -> tuple[Storage, str]:
+    loc = request.results_location()
+    if "path" in loc:
+        Path(loc["path"]).mkdir(parents=True, exist_ok=True)
+        return LocalStorage(loc["path"]), ""
+    return S3Storage(loc["s3_bucket"], client), loc["s3_prefix"]

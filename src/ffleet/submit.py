@@ -1,0 +1,84 @@
+"""`ffleet submit`: upload a job request to a deployed stack's trigger bucket, which starts a run."""
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+
+from ffleet.request import JobRequest
+from ffleet.trigger import REJECTED_SUFFIX, check_cloud_request
+
+TRIGGER_OUTPUT = "TriggerBucketName"
+RESULTS_OUTPUT = "ResultsBucketName"
+
+
+class SubmitError(RuntimeError):
+    pass
+
+
+def stack_outputs(stack: str, cfn=None) -> dict[str, str]:
+    """The outputs of a CloudFormation stack, as {OutputKey: OutputValue}."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    cfn = cfn or boto3.client("cloudformation")
+    try:
+        stacks = cfn.describe_stacks(StackName=stack)["Stacks"]
+    except ClientError as exc:
+        raise SubmitError(f"cannot read stack {stack!r}: {exc.response.get('Error', {}).get('Message', exc)}") from None
+    except BotoCoreError as exc:
+        raise SubmitError(f"cannot read stack {stack!r}: {exc}") from None
+    return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+
+
+def request_key(request: JobRequest, now: datetime | None = None) -> str:
+    """jobs/<name>/<UTC time>.json: one object per submission, so each submission is its own run."""
+    now = now or datetime.now(timezone.utc)
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", request.name)
+    return f"jobs/{safe}/{now.strftime('%Y%m%dT%H%M%S.%fZ')}.json"
+
+
+def submit(request: JobRequest, stack: str, *, cfn=None, s3=None, now: datetime | None = None) -> dict[str, str]:
+    """Check the request for the cloud, upload it, and say where to look. Returns uri and hints."""
+    import boto3
+
+    check_cloud_request(request)
+    outputs = stack_outputs(stack, cfn)
+    bucket = outputs.get(TRIGGER_OUTPUT)
+    if not bucket:
+        raise SubmitError(f"stack {stack!r} has no output {TRIGGER_OUTPUT}; is it an ffleet stack?")
+    key = request_key(request, now)
+    body = json.dumps(request.to_json_dict(), indent=2, ensure_ascii=False).encode("utf-8")
+    s3 = s3 or boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    return {
+        "uri": f"s3://{bucket}/{key}",
+        "rejected_uri": f"s3://{bucket}/{key}{REJECTED_SUFFIX}",
+        "results_bucket": outputs.get(RESULTS_OUTPUT, ""),
+        "state_machine_arn": outputs.get("StateMachineArn", ""),
+    }
+
+
+def cmd_submit(args) -> int:
+    """The `ffleet submit REQUEST --stack NAME` command."""
+    import sys
+
+    from ffleet.cli import EXIT_INVALID, EXIT_OK, _print_request_error
+    from ffleet.request import RequestError, load_request
+
+    try:
+        request = load_request(args.request)
+        sent = submit(request, args.stack)
+    except RequestError as exc:
+        _print_request_error(args.request, exc)
+        return EXIT_INVALID
+    except SubmitError as exc:
+        print(f"ffleet: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"submitted {args.request} as {sent['uri']}")
+    print(f"  if the stack rejects it, the reasons appear in {sent['rejected_uri']}")
+    if sent["results_bucket"]:
+        print(f"  results: s3://{sent['results_bucket']}/runs/<execution-name>/")
+    if sent["state_machine_arn"]:
+        print(f"  watch: aws stepfunctions list-executions --state-machine-arn {sent['state_machine_arn']}")
+    return EXIT_OK

@@ -1,0 +1,440 @@
+"""The SAM template and the ASL: linters, sam build, and the checks the linters do not make (IAM, ARNs, retries)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cloudkit import ASL, PLACEHOLDER, REPO, TEMPLATE, asl, asl_placeholders, default_values, render_asl, substitutions, template  # noqa: F401 (fixtures)
+from ffleet.request import COMPUTE_TYPES, parse_request
+from ffleet.trigger import execution_input
+
+VENV_BIN = Path(sys.executable).parent
+SAM_ENV = {**os.environ, "SAM_CLI_TELEMETRY": "0", "PYENV_VERSION": "3.11.7:3.12.1:3.13.0", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _tool(name: str) -> str:
+    path = VENV_BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed; run scripts/setup --dev")
+    return found
+
+
+# ------------------------------------------------------------------ linters and build
+
+
+def test_cfn_lint_passes():
+    proc = subprocess.run([_tool("cfn-lint"), str(TEMPLATE)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.cloud
+def test_sam_validate_lint_passes():
+    proc = subprocess.run([_tool("sam"), "validate", "--lint", "--template", str(TEMPLATE)],
+                          capture_output=True, text=True, cwd=REPO, env=SAM_ENV, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _asl_validator() -> list[str]:
+    if not shutil.which("node"):
+        pytest.skip("node is not installed, so asl-validator cannot run (scripts/setup --dev installs it with npm)")
+    local = REPO / "node_modules" / ".bin" / "asl-validator"
+    if not local.exists():
+        if not shutil.which("npm"):
+            pytest.skip("npm is not installed, so asl-validator cannot be installed")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=REPO, check=True, timeout=600)
+    return [str(local)]
+
+
+@pytest.mark.cloud
+def test_asl_validator_accepts_the_rendered_definition(template, tmp_path):
+    rendered = tmp_path / "pipeline.json"
+    rendered.write_text(json.dumps(render_asl(default_values(template))))
+    proc = subprocess.run([*_asl_validator(), "--json-path", str(rendered)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.cloud
+def test_asl_validator_catches_a_broken_definition(template, tmp_path):
+    """The check above can fail: a dangling Next is reported."""
+    broken = render_asl(default_values(template))
+    broken["States"]["Done"] = {"Type": "Pass", "Next": "Nowhere"}
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    proc = subprocess.run([*_asl_validator(), "--json-path", str(path)], capture_output=True, text=True)
+    assert proc.returncode != 0
+
+
+@pytest.mark.slow
+@pytest.mark.cloud
+def test_sam_build_packages_the_shared_library(tmp_path):
+    """sam build for arm64/python3.13: the library layer carries src/ffleet, the dependency layer pydantic."""
+    work = tmp_path / "app"
+    work.mkdir()
+    for item in ("template.yaml", "statemachine", "functions", "layers", "src", "events"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    summarize = work / "functions" / "summarize" / "app.py"
+    if not summarize.exists():
+        # stand-in: functions/summarize/app.py is written by another part of the project
+        summarize.parent.mkdir(parents=True, exist_ok=True)
+        summarize.write_text('"""Stand-in summarize handler for the build test."""\n\ndef handler(event, context):\n    return event\n')
+    proc = subprocess.run([_tool("sam"), "build", "--build-dir", str(work / "build")],
+                          capture_output=True, text=True, cwd=work, env=SAM_ENV, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    build = work / "build"
+    assert (build / "StartFunction" / "app.py").exists()
+    assert (build / "FfleetLibraryLayer" / "python" / "ffleet" / "trigger.py").exists()
+    assert (build / "FfleetLibraryLayer" / "python" / "ffleet" / "request.py").exists()
+    assert not (build / "StartFunction" / "ffleet").exists(), "the library must come from the layer, not a copy"
+    core = list((build / "DependenciesLayer" / "python" / "pydantic_core").glob("*.so"))
+    assert core and all("313" in p.name and "aarch64" in p.name for p in core), core
+    assert (build / "DependenciesLayer" / "python" / "aws_lambda_powertools").is_dir()
+
+
+# ------------------------------------------------------------------ the ASL
+
+
+def test_every_placeholder_has_a_substitution_and_back(template):
+    used, given = asl_placeholders(), set(substitutions(template))
+    assert used - given == set(), f"placeholders without a substitution: {sorted(used - given)}"
+    assert given - used == set(), f"substitutions the ASL never uses: {sorted(given - used)}"
+
+
+def test_every_compute_type_has_a_queue_and_definition(template, asl):
+    subs = substitutions(template)
+    choice = asl["States"]["Choose compute"]["Choices"]
+    assert sorted(c["StringEquals"] for c in choice) == sorted(COMPUTE_TYPES)
+    for c in choice:
+        picked = asl["States"][c["Next"]]
+        assert picked["Type"] == "Pass" and picked["ResultPath"] == "$.batch"
+        stem = "".join(part.capitalize() for part in c["StringEquals"].split("-"))
+        assert {f"{stem}JobQueueArn", f"{stem}JobDefinitionArn"} <= set(subs)
+
+
+def _walk(node, path=()):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield path + (k,), k, v
+            yield from _walk(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, path + (i,))
+
+
+def _all_states(definition: dict):
+    for name, state in definition["States"].items():
+        yield name, state
+        proc = state.get("ItemProcessor") or state.get("Iterator")
+        if proc:
+            yield from _all_states(proc)
+
+
+def test_no_arn_is_built_from_the_request():
+    raw = json.loads(PLACEHOLDER.sub("0", ASL.read_text()))
+    for path, key, value in _walk(raw):
+        if key.endswith(".$") and isinstance(value, str):
+            assert "arn:" not in value, f"{'/'.join(map(str, path))} builds an ARN at run time: {value}"
+    # The queue and definition reach the Batch task only from the Pass states that hold template values.
+    writers = [(n, s) for n, s in _all_states(raw) if s.get("ResultPath") == "$.batch"]
+    assert len(writers) == len(COMPUTE_TYPES)
+    # whole-string placeholders become "@Name"; numeric ones (unquoted) become 0
+    marked = json.loads(PLACEHOLDER.sub("0", re.sub(r'"\$\{(\w+)\}"', r'"@\1"', ASL.read_text())))
+    for name, _ in writers:
+        result = marked["States"][name]["Result"]
+        assert all(v.startswith("@") and "Arn" in v for v in result.values()), (name, result)
+    for name, state in _all_states(raw):
+        if state.get("Resource", "").endswith("batch:submitJob.sync"):
+            params = state["Parameters"]
+            assert params["JobQueue.$"] == "$.job.queue" and params["JobDefinition.$"] == "$.job.definition"
+            assert "JobQueue" not in params and "JobDefinition" not in params
+        if state.get("Type") == "Map":
+            bi = state["ItemBatcher"]["BatchInput"]
+            assert bi["job_queue.$"] == "$.batch.job_queue" and bi["job_definition.$"] == "$.batch.job_definition"
+        if name.startswith("Name this batch"):
+            assert state["Parameters"]["job"] == {"queue.$": "$.BatchInput.job_queue", "definition.$": "$.BatchInput.job_definition"}
+
+
+def test_submit_retry_uses_the_template_numbers_on_transient_errors_only(template):
+    text = ASL.read_text()
+    submits = [s for _, s in _all_states(render_asl(default_values(template))) if s.get("Resource", "").endswith("submitJob.sync")]
+    assert len(submits) == 3
+    for field, param in (("IntervalSeconds", "RetryIntervalSeconds"), ("BackoffRate", "RetryBackoffRate"),
+                         ("MaxAttempts", "RetryMaxAttempts"), ("MaxDelaySeconds", "RetryMaxDelaySeconds")):
+        assert len(re.findall(rf'"{field}": \$\{{{param}\}}', text)) == 3, field
+    params = template["Parameters"]
+    assert [params[p]["Default"] for p in ("RetryIntervalSeconds", "RetryBackoffRate", "RetryMaxAttempts",
+                                           "RetryMaxDelaySeconds", "RetryJitterStrategy")] == [180, 3, 10, 300, "FULL"]
+    for state in submits:
+        (retry,) = state["Retry"]
+        assert (retry["IntervalSeconds"], retry["BackoffRate"], retry["MaxAttempts"], retry["MaxDelaySeconds"],
+                retry["JitterStrategy"]) == (180, 3, 10, 300, "FULL")
+        assert all(e.startswith("Batch.") for e in retry["ErrorEquals"]), retry["ErrorEquals"]
+    # nowhere does a Retry catch everything or a failed job (the worker fails a job only for infra faults,
+    # and Batch's retryStrategy already retries Spot reclaim)
+    for name, state in _all_states(render_asl(default_values(template))):
+        for retry in state.get("Retry", []):
+            assert not {"States.ALL", "States.TaskFailed"} & set(retry["ErrorEquals"]), name
+
+
+def test_failed_batch_is_caught_and_recorded(asl):
+    for name, state in _all_states(asl):
+        if state.get("Resource", "").endswith("submitJob.sync"):
+            (catch,) = state["Catch"]
+            assert catch["ErrorEquals"] == ["States.ALL"] and catch["ResultPath"] == "$.error"
+            target = next(s for n, s in _all_states(asl) if n == catch["Next"])
+            assert target["Type"] == "Pass" and target.get("End") is True
+            assert target["Parameters"]["status"] == "FAILED" and target["Parameters"]["batch_uri.$"] == "$.object.uri"
+
+
+def test_the_three_maps_process_items_identically(asl):
+    maps = {n: s for n, s in asl["States"].items() if s["Type"] == "Map"}
+    assert set(maps) == {"Process prefix", "Process CSV manifest", "Process JSON Lines manifest"}
+    strip = re.compile(r" \((prefix|CSV|JSON Lines)\)")
+    shapes = {json.dumps({k: v for k, v in s.items() if k not in ("ItemReader", "ItemSelector", "Comment")}, sort_keys=True)
+              for s in maps.values()}
+    assert len({strip.sub("", s) for s in shapes}) == 1
+    assert maps["Process CSV manifest"]["ItemReader"]["ReaderConfig"] == {"InputType": "CSV", "CSVHeaderLocation": "FIRST_ROW"}
+    assert maps["Process JSON Lines manifest"]["ItemReader"]["ReaderConfig"] == {"InputType": "JSONL"}
+    assert maps["Process prefix"]["ItemReader"]["Resource"] == "arn:aws:states:::s3:listObjectsV2"
+    for m in maps.values():
+        assert m["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+        assert m["ItemBatcher"]["MaxItemsPerBatchPath"] == "$.processing.files_per_job"
+        assert m["MaxConcurrencyPath"] == "$.processing.max_concurrency"
+        assert m["ToleratedFailurePercentagePath"] == "$.processing.tolerated_failure_percent"
+
+
+def _lookup(doc, path: str):
+    node = doc
+    for part in path[2:].split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(path)
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize("source", ["prefix", "s3://in/list.csv", "s3://in/failed.jsonl"])
+def test_top_level_paths_exist_in_the_start_lambdas_input(asl, source):
+    """Every $.path the top-level states read is in what the start Lambda sends (or set on the way)."""
+    inp = {"s3_bucket": "in", "s3_prefix": "media/"} if source == "prefix" else {"s3_bucket": "in", "manifest": source}
+    req = parse_request({"name": "n", "input": inp, "output": {"s3_bucket": "out", "s3_prefix": "o/"}})
+    doc = execution_input(req, "n-1", "res", {"type": "s3"})
+    doc["batch"] = {"job_queue": "q", "job_definition": "d"}  # set by the "Use ... queue" Pass states
+    wanted = {"prefix": "Process prefix", "csv": "Process CSV manifest", "jsonl": "Process JSON Lines manifest"}
+    chosen = wanted[doc["source"]["type"]]
+    for name, state in asl["States"].items():
+        if state["Type"] == "Map" and name != chosen:
+            continue
+        # the children read their own input; ResultSelector reads a task's result; ResultPath writes
+        skip = {"ItemProcessor", "ItemSelector", "ResultSelector", "ResultPath", "Catch"}
+        for path, key, value in _walk({k: v for k, v in state.items() if k not in skip}):
+            if isinstance(value, str) and value.startswith("$.") and not value.startswith("$.map_result"):
+                _lookup(doc, value)  # raises KeyError naming the missing path
+            if key == "Variable" and not value.startswith("$.map_result"):
+                _lookup(doc, value)
+
+
+def test_summarize_gets_the_contract_event(asl):
+    payload = asl["States"]["Summarize run"]["Parameters"]["Payload"]
+    assert {k.removesuffix(".$") for k in payload} == {"execution_name", "results_prefix", "request", "map_result"}
+    assert asl["States"]["Summarize run"]["Parameters"]["FunctionName"].startswith("arn:aws:lambda:")
+    for m in ("Process prefix", "Process CSV manifest", "Process JSON Lines manifest"):
+        assert asl["States"][m]["ResultPath"] == "$.map_result" and asl["States"][m]["Next"] == "Summarize run"
+        assert asl["States"][m]["ResultWriter"]["Parameters"] == {"Bucket.$": "$.results.bucket", "Prefix.$": "$.results.writer_prefix"}
+
+
+# ------------------------------------------------------------------ the template
+
+
+def _resources(template, kind):
+    return {n: r for n, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def test_buckets_are_locked_down(template):
+    buckets = _resources(template, "AWS::S3::Bucket")
+    assert set(buckets) == {"TriggerBucket", "ResultsBucket"}
+    policies = _resources(template, "AWS::S3::BucketPolicy")
+    for name, bucket in buckets.items():
+        p = bucket["Properties"]
+        assert p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"]
+        assert p["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+        assert p["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+        assert any("AbortIncompleteMultipartUpload" in r for r in p["LifecycleConfiguration"]["Rules"])
+        (policy,) = [pol for pol in policies.values() if pol["Properties"]["Bucket"] == {"Ref": name}]
+        (deny,) = policy["Properties"]["PolicyDocument"]["Statement"]
+        assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_job_definitions_run_the_worker_and_retry_only_spot_reclaim(template):
+    defs = _resources(template, "AWS::Batch::JobDefinition")
+    assert len(defs) == len(COMPUTE_TYPES)
+    for name, jd in defs.items():
+        p = jd["Properties"]
+        assert p["ContainerProperties"]["Command"] == ["ffleet", "worker"], name
+        assert p["Timeout"]["AttemptDurationSeconds"] == {"Ref": "JobAttemptDurationSeconds"}
+        rules = p["RetryStrategy"]["EvaluateOnExit"]
+        assert rules[0] == {"OnStatusReason": "Host EC2*", "Action": "RETRY"}
+        assert rules[-1] == {"OnReason": "*", "Action": "EXIT"}
+        assert all(r["Action"] == "RETRY" for r in rules[:-1])
+        kinds = {r["Type"] for r in p["ContainerProperties"]["ResourceRequirements"]}
+        assert {"VCPU", "MEMORY"} <= kinds
+        assert ("GPU" in kinds) == (name == "NvidiaJobDefinition")
+
+
+def test_nvidia_queue_uses_only_nvenc_instances(template):
+    ce = template["Resources"]["NvidiaComputeEnvironment"]["Properties"]["ComputeResources"]
+    assert set(ce["InstanceTypes"]) <= {"g4dn", "g5", "g6"}
+    arm = template["Resources"]["ArmComputeEnvironment"]["Properties"]["ComputeResources"]["InstanceTypes"]
+    assert all(re.match(r"^[a-z]\d+g", t) for t in arm), arm
+
+
+def test_state_machine_logs_everything_and_traces(template):
+    p = template["Resources"]["PipelineStateMachine"]["Properties"]
+    assert p["Logging"]["Level"] == "ALL" and p["Tracing"] == {"Enabled": True}
+    assert p["DefinitionUri"] == "statemachine/pipeline.asl.json"
+
+
+def test_triggers(template):
+    events = template["Resources"]["StartFunction"]["Properties"]["Events"]
+    rules = events["RequestDropped"]["Properties"]["Filter"]["S3Key"]["Rules"]
+    assert {r["Name"]: r["Value"] for r in rules} == {"prefix": "jobs/", "suffix": ".json"}
+    assert events["Scheduled"]["Properties"]["State"] == {"Ref": "ScheduleState"}
+    assert template["Parameters"]["ScheduleState"]["Default"] == "DISABLED"
+    g = template["Globals"]["Function"]
+    assert g["Runtime"] == "python3.13" and g["Architectures"] == ["arm64"] and g["Tracing"] == "Active"
+    assert set(g["Environment"]["Variables"]) >= {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"}
+
+
+def test_dashboard_body_is_json(template):
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    widgets = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))["widgets"]
+    titles = " ".join(w["properties"]["title"] for w in widgets)
+    for needed in ("Map run progress", "Batch jobs by state", "Files"):
+        assert needed in titles
+
+
+# ------------------------------------------------------------------ IAM over the transformed template
+
+
+@pytest.fixture(scope="module")
+def transformed(template):
+    """The template after the SAM transform (what CloudFormation deploys), local paths replaced."""
+    from unittest.mock import MagicMock
+
+    from samtranslator.translator.transform import transform
+
+    t = json.loads(json.dumps(template))
+    for name, res in t["Resources"].items():
+        props = res.get("Properties", {})
+        for key in ("CodeUri", "ContentUri"):
+            if key in props:
+                props[key] = f"s3://bucket/{name}"
+        if "DefinitionUri" in props:
+            props["DefinitionUri"] = {"Bucket": "bucket", "Key": "pipeline.asl.json"}
+    loader = MagicMock()
+    loader.load.return_value = {}
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    return transform(t, {"AWS::Region": "us-east-1"}, loader)
+
+
+# Actions that have no resource-level permissions in IAM, so "*" is the narrowest resource.
+STAR_ONLY = re.compile(
+    r"^(batch:DescribeJobs|xray:\w+|logs:(Create|Get|Update|Delete|List)LogDeliver(y|ies)|"
+    r"logs:PutResourcePolicy|logs:DescribeResourcePolicies|logs:DescribeLogGroups)$"
+)
+ALLOWED_MANAGED = {
+    "AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess",
+    "AmazonEC2ContainerServiceforEC2Role", "AmazonECSTaskExecutionRolePolicy",
+}
+
+
+def _statements(role: dict):
+    for policy in role["Properties"].get("Policies", []):
+        for st in policy["PolicyDocument"]["Statement"]:
+            if st["Effect"] == "Allow":
+                actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+                yield st, actions, resources
+
+
+def iam_problems(resources: dict) -> list[str]:
+    problems = []
+    for name, role in resources.items():
+        if role["Type"] != "AWS::IAM::Role":
+            continue
+        for arn in role["Properties"].get("ManagedPolicyArns", []):
+            text = json.dumps(arn)
+            if not any(text.rstrip('"').endswith(m) or f"/{m}" in text for m in ALLOWED_MANAGED):
+                problems.append(f"{name}: unexpected managed policy {text}")
+        for st, actions, res in _statements(role):
+            for action in actions:
+                if "*" in action:
+                    problems.append(f"{name}: wildcard action {action}")
+            if "*" in res and not all(STAR_ONLY.match(a) for a in actions):
+                problems.append(f"{name}: Resource '*' for {actions}")
+    return problems
+
+
+def test_no_role_is_broader_than_it_needs(transformed):
+    assert iam_problems(transformed["Resources"]) == []
+
+
+def test_the_iam_check_can_fail():
+    role = {"Type": "AWS::IAM::Role", "Properties": {"Policies": [{"PolicyDocument": {"Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "*"},
+        {"Effect": "Allow", "Action": "s3:*", "Resource": "arn:aws:s3:::b/*"}]}}]}}
+    assert len(iam_problems({"R": role})) == 2
+
+
+def _role_text(transformed, role: str) -> tuple[set[str], str]:
+    actions, texts = set(), []
+    for st, acts, res in _statements(transformed["Resources"][role]):
+        actions |= set(acts)
+        texts.append(json.dumps(res))
+    return actions, " ".join(texts)
+
+
+def test_state_machine_role_has_what_sync_batch_and_distributed_map_need(transformed):
+    actions, text = _role_text(transformed, "StateMachineRole")
+    assert {"batch:SubmitJob", "batch:DescribeJobs", "batch:TerminateJob", "events:PutTargets", "events:PutRule",
+            "events:DescribeRule", "states:StartExecution", "states:DescribeExecution", "states:StopExecution",
+            "s3:ListBucket", "s3:GetObject", "s3:PutObject", "lambda:InvokeFunction"} <= actions
+    assert "StepFunctionsGetEventsForBatchJobsRule" in text
+    assert "stateMachine:${NamePrefix}-pipeline" in text
+    assert not {"s3:DeleteObject", "iam:PassRole", "batch:CreateJobQueue"} & actions
+
+
+def test_job_role_reads_inputs_writes_outputs_and_results_only(transformed):
+    for st, acts, res in _statements(transformed["Resources"]["JobRole"]):
+        text = json.dumps(res)
+        assert all(a.startswith("s3:") for a in acts), acts
+        assert "s3:DeleteObject" not in acts
+        if "InputBucketName" in text:
+            assert acts == ["s3:GetObject"], (st["Sid"], acts)
+        else:
+            assert "OutputBucketName" in text or "ResultsBucket" in text, text
+
+
+def test_start_function_only_reads_requests_and_starts_the_pipeline(transformed):
+    actions, text = _role_text(transformed, "StartFunctionRole")
+    assert actions == {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "states:StartExecution"}
+    assert "trigger" in text and "PipelineStateMachine" in text
+
+
+def test_comments_only_where_step_functions_accepts_them(asl):
+    """asl-validator lets a Comment through anywhere; Step Functions takes it on states and the top level."""
+    for name, state in _all_states(asl):
+        for field in ("ItemBatcher", "ItemReader", "ResultWriter"):
+            assert "Comment" not in state.get(field, {}), (name, field)
+        for rule in state.get("Retry", []) + state.get("Catch", []):
+            assert "Comment" not in rule, name
