@@ -60,7 +60,8 @@ class SummarizeEvent(BaseModel):
     execution_name: str = Field(..., min_length=1)
     results_prefix: str
     request: dict[str, Any] = Field(default_factory=dict)
-    map_result: MapResult | None = None
+    # ResultWriter's details; or, where the map has no ResultWriter, the children's outputs inline
+    map_result: MapResult | list[Any] | None = None
 
     @field_validator("results_prefix")
     @classmethod
@@ -263,6 +264,8 @@ def _caught_error(output: Any) -> dict[str, Any] | None:
     or under the Catch's ResultPath)."""
     if not isinstance(output, dict):
         return None
+    if output.get("status") == "FAILED":  # the pipeline's "Record failed batch" state
+        return {"Error": output.get("error"), "Cause": output.get("cause")}
     if "Error" in output:
         return output
     for value in output.values():
@@ -492,6 +495,7 @@ def summarize_cloud(
     execution_name: str | None = None,
     tolerated_failure_percent: float = 0.0,
     write: bool = True,
+    inline_outputs: list[Any] | None = None,
 ) -> RunSummary:
     """Summarize a cloud run (or a local copy of one): its ResultWriter output and records/*.jsonl.
 
@@ -510,7 +514,11 @@ def summarize_cloud(
         start = stop = None
         try:
             # 1. ResultWriter: one entry per Batch job. Remember ids and outcomes, not records.
-            if manifest_uri:
+            entries: Iterator[BatchOutcome] = iter(())
+            if inline_outputs is not None:
+                # a map without ResultWriter returns its children's outputs; each is one job
+                entries = (parse_entry({"Status": "SUCCEEDED", "Output": json.dumps(o)}, "SUCCEEDED") for o in inline_outputs)
+            elif manifest_uri:
                 m_store, m_key = open_location(manifest_uri, s3_client)
                 run["result_writer_manifest"] = m_store.uri(m_key)
                 try:
@@ -520,15 +528,14 @@ def summarize_cloud(
                     # ResultWriter failed or was not configured: the records and batch objects
                     # still tell what happened to every file, only the job counts are lost.
                     run["result_writer_missing"] = True
-                    entries = iter(())
-                for b in entries:
-                    agg.builder.add_batch(b.status, b.retries)
-                    start = min(filter(None, (start, b.start)), default=None)
-                    stop = max(filter(None, (stop, b.stop)), default=None)
-                    if b.batch_id:
-                        ledger.add_batch(b)
-                    elif b.status != SUCCEEDED:
-                        ledger.add_loose(b)
+            for b in entries:
+                agg.builder.add_batch(b.status, b.retries)
+                start = min(filter(None, (start, b.start)), default=None)
+                stop = max(filter(None, (stop, b.stop)), default=None)
+                if b.batch_id:
+                    ledger.add_batch(b)
+                elif b.status != SUCCEEDED:
+                    ledger.add_loose(b)
             # 2. Every records file, once: aggregate each record; for a batch that did not
             # succeed, the files it was given but never reported are failures too.
             for obj in store.list(prefix + RECORDS_DIR):
@@ -612,11 +619,12 @@ def _summary_bytes(summary: dict[str, Any]) -> bytes:
 def summarize_event(event: SummarizeEvent, s3_client) -> RunSummary:
     """The summarize Lambda's logic: everything but observability."""
     name, tolerance = _request_settings(event.request)
-    details = event.map_result.result_writer_details if event.map_result else None
+    inline = event.map_result if isinstance(event.map_result, list) else None
+    details = event.map_result.result_writer_details if isinstance(event.map_result, MapResult) else None
     manifest_uri = f"s3://{details.bucket}/{details.key}" if details else None
     return summarize_cloud(
         event.results_prefix, manifest_uri, s3_client=s3_client, name=name,
-        execution_name=event.execution_name, tolerated_failure_percent=tolerance,
+        execution_name=event.execution_name, tolerated_failure_percent=tolerance, inline_outputs=inline,
     )
 
 
