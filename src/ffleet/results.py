@@ -63,7 +63,7 @@ def read_records(lines: Iterable[str | bytes]) -> Iterator[ItemResult]:
 class SummaryBuilder:
     """Aggregates result records one at a time; memory stays bounded whatever the run's size."""
 
-    def __init__(self, failure_list_limit: int = SUMMARY_FAILURE_LIST_LIMIT):
+    def __init__(self, failure_list_limit: int = SUMMARY_FAILURE_LIST_LIMIT, dataset: Any = True):
         self.counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.bytes_in = 0
@@ -73,6 +73,11 @@ class SummaryBuilder:
         self.cpu_seconds = 0.0
         self.failures: list[dict[str, Any]] = []
         self.failure_list_limit = failure_list_limit
+        if dataset is True:  # the dataset card (ffleet.dataset); pass None to leave it out
+            from ffleet.dataset import DatasetCardBuilder
+
+            dataset = DatasetCardBuilder()
+        self.dataset = dataset or None
 
     def add(self, r: ItemResult) -> None:
         self.counts[r.status] += 1
@@ -87,6 +92,8 @@ class SummaryBuilder:
             self.bytes_in += r.bytes_in or 0
             self.seconds_in += r.duration_in or 0.0
         self.cpu_seconds += r.cpu_seconds or 0.0
+        if self.dataset is not None:
+            self.dataset.add(r)
 
     def add_all(self, records: Iterable[ItemResult]) -> "SummaryBuilder":
         for r in records:
@@ -106,6 +113,7 @@ class SummaryBuilder:
 
     def summary(self, *, wall_seconds: float, tolerated_failure_percent: float = 0.0, **run: Any) -> dict[str, Any]:
         failed_percent = self.failed_percent()
+        dataset = {"dataset": self.dataset.card()} if self.dataset is not None else {}
         return {
             "run": run,
             "files": {
@@ -127,6 +135,7 @@ class SummaryBuilder:
             "failures_by_reason": dict(self.reasons.most_common()),
             "failures": self.failures,
             "failures_truncated": self.failed_count > len(self.failures),
+            **dataset,
         }
 
 

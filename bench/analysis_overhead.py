@@ -1,0 +1,79 @@
+"""Extra CPU of the analysis branch (ffleet.audio_quality): the same conversions with and without it.
+
+Runs each conversion both ways, interleaved (A B, B A, ...) so machine load hits both alike, and
+prints the CPU-time ratio. Usage:
+    python bench/analysis_overhead.py [--files 8] [--seconds 60] [--rounds 3] [--options "-ac 1 -ar 16000"] [--ext .flac]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ffleet.ffmpeg import find_binaries, run_process  # noqa: E402
+from ffleet.request import parse_request  # noqa: E402
+from ffleet.worker import WorkContext  # noqa: E402
+from ffleet.storage import LocalStorage  # noqa: E402
+
+
+def make_inputs(folder: Path, files: int, seconds: float) -> list[Path]:
+    """Speech-like test audio: a tone with noise, 44.1 kHz stereo s16 WAV (a common source format)."""
+    ff = find_binaries().ffmpeg
+    paths = []
+    for i in range(files):
+        p = folder / f"in{i}.wav"
+        expr = f"0.3*sin(2*PI*{200 + 37 * i}*t)*(0.5+0.5*sin(2*PI*0.7*t))+0.05*(random(0)-0.5)"
+        run_process([ff, "-hide_banner", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                     f"aevalsrc='{expr}|{expr}':s=44100:d={seconds}", "-c:a", "pcm_s16le", "-y", str(p)], timeout=300)
+        paths.append(p)
+    return paths
+
+
+def context(folder: Path, options: str, measure: bool) -> WorkContext:
+    req = parse_request({"name": "bench", "input": {"path": str(folder / "in")},
+                         "output": {"path": str(folder / "out"), "file_options": options},
+                         "quality": {"measure": measure}})
+    return WorkContext(request=req, input_store=LocalStorage(str(folder)), output_store=LocalStorage(str(folder)),
+                       work_dir=folder)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--options", default="-ac 1 -ar 16000")
+    ap.add_argument("--ext", default=".flac")
+    args = ap.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="ffleet-bench-"))
+    try:
+        (folder / "in").mkdir()
+        inputs = make_inputs(folder / "in", args.files, args.seconds)
+        plain, measured = context(folder, args.options, False), context(folder, args.options, True)
+        cpu = {"plain": 0.0, "measured": 0.0}
+        for r in range(args.rounds):
+            for i, src in enumerate(inputs):
+                order = [("plain", plain), ("measured", measured)]
+                if (r + i) % 2:
+                    order.reverse()
+                for name, ctx in order:
+                    dst = folder / f"out-{name}{args.ext}"
+                    res = run_process(ctx.ffmpeg_argv(src, dst), timeout=600)
+                    if res.returncode != 0:
+                        sys.exit(f"ffmpeg failed ({name}): {res.stderr[-500:]}")
+                    cpu[name] += res.cpu_seconds
+        audio_s = args.files * args.seconds * args.rounds
+        print(f"conversion: {args.options!r} -> {args.ext}, {args.files} files x {args.seconds:g} s x {args.rounds} rounds")
+        print(f"CPU without analysis: {cpu['plain']:.2f} s ({cpu['plain'] / audio_s * 3600:.1f} s per audio hour)")
+        print(f"CPU with analysis:    {cpu['measured']:.2f} s ({cpu['measured'] / audio_s * 3600:.1f} s per audio hour)")
+        print(f"ratio with/without:   {cpu['measured'] / cpu['plain']:.3f}  (extra CPU {100 * (cpu['measured'] / cpu['plain'] - 1):.1f}%)")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
