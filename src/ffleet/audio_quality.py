@@ -4,8 +4,8 @@ How the measurement is attached. ffleet appends a second output to the FFmpeg co
 runs for the file:
 
     ffmpeg ... -i input <user's output options> output.flac \
-           -map 0:a:0 [-ss/-t/-to copied from the user's output options] \
-           -af astats@ffleet_astats=...,ebur128@ffleet_ebur128=peak=true:framelog=verbose,silencedetect=... \
+           -map 0:a:0 \
+           -af [atrim=<the user's output -ss/-t/-to>,]astats@ffleet_astats=...,ebur128@ffleet_ebur128=peak=true:framelog=verbose,silencedetect=... \
            -f null -
 
 FFmpeg decodes each input stream once and hands the decoded frames to every output that uses it,
@@ -81,13 +81,21 @@ def _audio_map(output_tokens: list[str]) -> str:
     return "0:a:0"
 
 
-def _trim_tokens(output_tokens: list[str]) -> list[str]:
-    """The user's output-side -ss/-t/-to, so the measured span is the span that is written."""
-    out: list[str] = []
+def _trim_filter(output_tokens: list[str]) -> str:
+    """The user's output-side -ss/-t/-to as an atrim, so the measured span is the span that is written.
+
+    Not as output options: FFmpeg applies those after the output's filters, at frame granularity,
+    so the analysis filters would see up to a frame (~0.1 s) more than is written.
+    """
+    from ffleet.worker import _seconds  # FFmpeg time syntax ("00:01:30") -> seconds; lazy: worker imports us
+
+    names = {"-ss": "start", "-t": "duration", "-to": "end"}
+    opts = []
     for i, tok in enumerate(output_tokens[:-1]):
-        if tok in ("-ss", "-t", "-to"):
-            out += [tok, output_tokens[i + 1]]
-    return out
+        seconds = _seconds(output_tokens[i + 1]) if tok in names else None
+        if seconds is not None:  # in seconds: a ':' would need escaping at two levels of filter syntax
+            opts.append(f"{names[tok]}=" + f"{seconds:.6f}".rstrip("0").rstrip("."))
+    return f"atrim@ffleet_trim={':'.join(opts)}," if opts else ""
 
 
 def global_args(global_tokens: list[str]) -> list[str]:
@@ -110,7 +118,7 @@ def global_args(global_tokens: list[str]) -> list[str]:
 def analysis_args(tokens: dict[str, list[str]]) -> list[str]:
     """The second output that measures the audio (appended after the converted output's path)."""
     out = tokens["output"]
-    return ["-map", _audio_map(out), *_trim_tokens(out), "-af", ANALYSIS_FILTERS, "-f", "null", "-"]
+    return ["-map", _audio_map(out), "-af", _trim_filter(out) + ANALYSIS_FILTERS, "-f", "null", "-"]
 
 
 # ---------------------------------------------------------------------------------------------
