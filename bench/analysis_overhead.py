@@ -1,7 +1,8 @@
 """Extra CPU of the analysis branch (ffleet.audio_quality): the same conversions with and without it.
 
-Runs each conversion both ways, interleaved (A B, B A, ...) so machine load hits both alike, and
-prints the CPU-time ratio. Usage:
+Runs each conversion three ways (no analysis; analysis with sample peak; full analysis with true
+peak), interleaved in rotating order so machine load hits all alike, and prints the CPU-time ratios
+(FFmpeg's own CPU time from wait4). Usage:
     python bench/analysis_overhead.py [--files 8] [--seconds 60] [--rounds 3] [--options "-ac 1 -ar 16000"] [--ext .flac]
 """
 from __future__ import annotations
@@ -33,10 +34,10 @@ def make_inputs(folder: Path, files: int, seconds: float) -> list[Path]:
     return paths
 
 
-def context(folder: Path, options: str, measure: bool) -> WorkContext:
+def context(folder: Path, options: str, measure: bool, true_peak: bool = True) -> WorkContext:
     req = parse_request({"name": "bench", "input": {"path": str(folder / "in")},
                          "output": {"path": str(folder / "out"), "file_options": options},
-                         "quality": {"measure": measure}})
+                         "quality": {"measure": measure, "true_peak": true_peak}})
     return WorkContext(request=req, input_store=LocalStorage(str(folder)), output_store=LocalStorage(str(folder)),
                        work_dir=folder)
 
@@ -53,14 +54,14 @@ def main() -> None:
     try:
         (folder / "in").mkdir()
         inputs = make_inputs(folder / "in", args.files, args.seconds)
-        plain, measured = context(folder, args.options, False), context(folder, args.options, True)
-        cpu = {"plain": 0.0, "measured": 0.0}
+        ways = [("plain", context(folder, args.options, False)),
+                ("sample_peak", context(folder, args.options, True, true_peak=False)),
+                ("full", context(folder, args.options, True))]
+        cpu = {name: 0.0 for name, _ in ways}
         for r in range(args.rounds):
             for i, src in enumerate(inputs):
-                order = [("plain", plain), ("measured", measured)]
-                if (r + i) % 2:
-                    order.reverse()
-                for name, ctx in order:
+                shift = (r * len(inputs) + i) % len(ways)
+                for name, ctx in ways[shift:] + ways[:shift]:
                     dst = folder / f"out-{name}{args.ext}"
                     res = run_process(ctx.ffmpeg_argv(src, dst), timeout=600)
                     if res.returncode != 0:
@@ -68,9 +69,13 @@ def main() -> None:
                     cpu[name] += res.cpu_seconds
         audio_s = args.files * args.seconds * args.rounds
         print(f"conversion: {args.options!r} -> {args.ext}, {args.files} files x {args.seconds:g} s x {args.rounds} rounds")
-        print(f"CPU without analysis: {cpu['plain']:.2f} s ({cpu['plain'] / audio_s * 3600:.1f} s per audio hour)")
-        print(f"CPU with analysis:    {cpu['measured']:.2f} s ({cpu['measured'] / audio_s * 3600:.1f} s per audio hour)")
-        print(f"ratio with/without:   {cpu['measured'] / cpu['plain']:.3f}  (extra CPU {100 * (cpu['measured'] / cpu['plain'] - 1):.1f}%)")
+        labels = {"plain": "no analysis", "sample_peak": "analysis, true_peak false", "full": "analysis (default)"}
+        for name, _ in ways:
+            line = f"{labels[name]:27s} CPU {cpu[name]:7.2f} s  ({cpu[name] / audio_s * 3600:6.1f} s per audio hour)"
+            if name != "plain":
+                ratio = cpu[name] / cpu["plain"]
+                line += f"  ratio {ratio:.3f} (extra CPU {100 * (ratio - 1):+.1f}%)"
+            print(line)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

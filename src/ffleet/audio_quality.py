@@ -48,14 +48,20 @@ ANALYSIS_STDERR_LIMIT = 1_000_000
 
 _LEVELS = {"quiet": -8, "panic": 0, "fatal": 8, "error": 16, "warning": 24, "info": 32, "verbose": 40, "debug": 48, "trace": 56}
 
-ANALYSIS_FILTERS = (
-    # astats first, on the decoder's own sample format: integer full scale is then exact.
-    "astats@ffleet_astats=metadata=0:measure_perchannel=none:"
-    "measure_overall=DC_offset+Peak_level+Peak_count+Number_of_samples,"
-    # framelog=verbose keeps ebur128's 10-lines-a-second log out of the info log
-    "ebur128@ffleet_ebur128=peak=true:framelog=verbose,"
-    f"silencedetect=noise={SILENCE_NOISE_DB:g}dB:duration={SILENCE_MIN_SECONDS:g}"
-)
+
+
+def analysis_filters(true_peak: bool = True) -> str:
+    """The analysis chain. Named instances (name@id) make their log lines ours to parse."""
+    return (
+        # astats first, on the decoder's own sample format: integer full scale is then exact
+        "astats@ffleet_astats=metadata=0:measure_perchannel=none:"
+        "measure_overall=DC_offset+Peak_level+Peak_count+Number_of_samples,"
+        # framelog=verbose keeps ebur128's 10-lines-a-second log out of the info log
+        f"ebur128@ffleet_ebur128=peak={'true' if true_peak else 'sample'}:framelog=verbose,"
+        # silencedetect logs under its class name, not the instance name
+        f"silencedetect=noise={SILENCE_NOISE_DB:g}dB:duration={SILENCE_MIN_SECONDS:g}"
+    )
+
 
 REASONS = ("too_short", "too_long", "too_silent", "too_quiet", "too_loud", "clipped", "not_measured")
 
@@ -115,10 +121,10 @@ def global_args(global_tokens: list[str]) -> list[str]:
     return ["-loglevel", "-level+info" if "level" in parts else "info"]
 
 
-def analysis_args(tokens: dict[str, list[str]]) -> list[str]:
+def analysis_args(tokens: dict[str, list[str]], true_peak: bool = True) -> list[str]:
     """The second output that measures the audio (appended after the converted output's path)."""
     out = tokens["output"]
-    return ["-map", _audio_map(out), "-af", _trim_filter(out) + ANALYSIS_FILTERS, "-f", "null", "-"]
+    return ["-map", _audio_map(out), "-af", _trim_filter(out) + analysis_filters(true_peak), "-f", "null", "-"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -179,6 +179,9 @@ class QualitySpec(_Model):
     measure: bool = Field(
         True, description="Measure loudness, true peak, silence, clipping and DC offset in the converting FFmpeg run."
     )
+    true_peak: bool = Field(
+        True, description="Measure true peak (4x oversampled, about half the analysis CPU); false: sample peak only."
+    )
     min_seconds: float | None = Field(None, ge=0, description="Reject files shorter than this (output duration).")
     max_seconds: float | None = Field(None, gt=0, description="Reject files longer than this (output duration).")
     max_silence_ratio: float | None = Field(None, ge=0, le=1, description="Reject files with more silence than this share.")

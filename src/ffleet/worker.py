@@ -109,7 +109,7 @@ class WorkContext:
         t = self.tokens
         # measuring: the same run gets a second, analysis output (see ffleet.audio_quality)
         loglevel = audio_quality.global_args(t["global"]) if self.measuring else []
-        analysis = audio_quality.analysis_args(t) if self.measuring else []
+        analysis = audio_quality.analysis_args(t, self.request.quality.true_peak) if self.measuring else []
         return [
             self.binaries.ffmpeg, "-hide_banner", "-nostdin", "-nostats",
             *t["global"], *loglevel, *t["input"], "-i", str(src), *t["output"], "-y", str(dst), *analysis,
