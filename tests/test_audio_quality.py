@@ -255,3 +255,23 @@ def test_bad_quality_fields_are_named(quality, field):
     with pytest.raises(RequestError) as exc:
         parse_request({"name": "x", "input": {"path": "/a"}, "output": {"path": "/b"}, "quality": quality})
     assert field in [f for f, _ in exc.value.problems], exc.value.problems
+
+
+def test_true_peak_false_measures_sample_peak_only(signals, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "loud.wav").write_bytes((signals / "loud.wav").read_bytes())
+    _, records = _run(tmp_path, inputs, quality={"true_peak": False})
+    audio = records["loud.wav"]["extra"]["audio"]
+    assert "true_peak_db" not in audio
+    assert audio["peak_db"] == pytest.approx(20 * math.log10(0.9), abs=0.05)
+    assert audio["lufs"] == pytest.approx(20 * math.log10(0.9) - 3.01, abs=0.5)
+
+
+@pytest.mark.parametrize("prefix", ["ffleet_astats", "astats@ffleet_astats"])  # FFmpeg 6 / FFmpeg 5 log names
+def test_astats_lines_parse_under_both_log_names(prefix):
+    log = (f"[{prefix} @ 0x5] DC offset: -0.020000\n[{prefix} @ 0x5] Peak level dB: 0.000000\n"
+           f"[{prefix} @ 0x5] Peak count: 12.000000\n[{prefix} @ 0x5] Number of samples: 1000\n")
+    m = parse_measurements(log)
+    assert m.dc_offset == -0.02 and m.dc_offset_flag is True
+    assert m.clipped_samples == 12 and m.clipped is True

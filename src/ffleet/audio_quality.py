@@ -131,8 +131,9 @@ def analysis_args(tokens: dict[str, list[str]], true_peak: bool = True) -> list[
 # Parsing FFmpeg's log
 
 _NUM = r"(-?(?:inf|nan|\d+(?:\.\d+)?(?:e[-+]?\d+)?))"
-_ASTATS = re.compile(r"^\[ffleet_astats @ [^\]]+\] ([A-Za-z ]+): " + _NUM + r"\s*$", re.M | re.I)
-_EBUR_SUMMARY = re.compile(r"^\[ffleet_ebur128 @ [^\]]+\] Summary:(.*?)(?=^\[|\Z)", re.M | re.S)
+# FFmpeg 6 names the log context by the instance id ("ffleet_astats"), 5.x by "astats@ffleet_astats"
+_ASTATS = re.compile(r"^\[(?:astats@)?ffleet_astats @ [^\]]+\] ([A-Za-z ]+): " + _NUM + r"\s*$", re.M | re.I)
+_EBUR_SUMMARY = re.compile(r"^\[(?:ebur128@)?ffleet_ebur128 @ [^\]]+\] Summary:(.*?)(?=^\[|\Z)", re.M | re.S)
 _INTEGRATED = re.compile(r"Integrated loudness:\s*I:\s*" + _NUM + r" LUFS", re.I)
 _TRUE_PEAK = re.compile(r"True peak:\s*Peak:\s*" + _NUM + r" dBFS", re.I)
 _SILENCE = re.compile(r"^\[silencedetect @ [^\]]+\] silence_(start|end): " + _NUM, re.M)
