@@ -161,6 +161,7 @@ def test_each_filter_rejects_with_its_reason(signals, tmp_path, keep):
             assert rec["reason"] == reasons[0] and rec["extra"]["rejected_for"] == reasons, rec
             assert rec["detail"]
             assert out.exists() == keep, f"{out}: keep_rejected={keep}"
+            assert ("bytes_out" in rec) == keep
         else:
             assert rec["status"] == SUCCEEDED and out.exists(), rec
     # rejected is not failed: the run is within a 0% tolerance

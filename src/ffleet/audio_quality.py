@@ -49,7 +49,6 @@ ANALYSIS_STDERR_LIMIT = 1_000_000
 _LEVELS = {"quiet": -8, "panic": 0, "fatal": 8, "error": 16, "warning": 24, "info": 32, "verbose": 40, "debug": 48, "trace": 56}
 
 
-
 def analysis_filters(true_peak: bool = True) -> str:
     """The analysis chain. Named instances (name@id) make their log lines ours to parse."""
     return (
@@ -58,7 +57,8 @@ def analysis_filters(true_peak: bool = True) -> str:
         "measure_overall=DC_offset+Peak_level+Peak_count+Number_of_samples,"
         # framelog=verbose keeps ebur128's 10-lines-a-second log out of the info log
         f"ebur128@ffleet_ebur128=peak={'true' if true_peak else 'sample'}:framelog=verbose,"
-        # silencedetect logs under its class name, not the instance name
+        # silencedetect logs under its class name, not the instance name: a silencedetect in the
+        # user's own -af would be counted too (documented)
         f"silencedetect=noise={SILENCE_NOISE_DB:g}dB:duration={SILENCE_MIN_SECONDS:g}"
     )
 
@@ -304,4 +304,6 @@ def apply_quality(request: "JobRequest", stderr: str, result: "ItemResult") -> b
     result.extra["rejected_for"] = reasons
     duration = result.duration_out if result.duration_out is not None else m.duration if m else None
     result.detail = "; ".join(_describe(r, request, m, duration) for r in reasons)
+    if not request.quality.keep_rejected:
+        result.bytes_out = None  # nothing was stored
     return request.quality.keep_rejected
