@@ -186,3 +186,25 @@ def test_report_screenshot(summary, tmp_path):
     assert (width, height) == (1200, 1600)
     # a blank page of this size compresses to a few KB; charts and text make it far larger
     assert len(data) > 30_000, len(data)
+
+
+def test_s3_run_uploads_the_report(s3_endpoint, tone_cache):
+    """With S3 results, report.html lands beside summary.json, typed as HTML."""
+    from ffleet.request import parse_request
+    from ffleet.runner import run_request
+
+    s3 = s3_endpoint
+    for bucket in ("in-bucket", "out-bucket"):
+        s3.create_bucket(Bucket=bucket)
+    s3.upload_file(str(tone_cache(".wav", seconds=1.0)), "in-bucket", "media/a.wav")
+    request = parse_request({"name": "s3-report", "input": {"s3_bucket": "in-bucket", "s3_prefix": "media/"},
+                             "output": {"s3_bucket": "out-bucket", "s3_prefix": "flac/", "extension": ".flac"}})
+    outcome = run_request(request, workers=1, client=s3)
+    assert outcome.summary["files"]["succeeded"] == 1
+    prefix = outcome.results_uri.removeprefix("s3://out-bucket/")
+    head = s3.head_object(Bucket="out-bucket", Key=prefix + "report.html")
+    assert head["ContentType"].startswith("text/html")
+    body = s3.get_object(Bucket="out-bucket", Key=prefix + "report.html")["Body"].read().decode()
+    assert 'data-chart="loudness"' in body and "s3-report" in body
+    summary = json.loads(s3.get_object(Bucket="out-bucket", Key=prefix + "summary.json")["Body"].read())
+    assert summary["dataset"]["files"]["measured"] == 1 and summary["dataset"]["codecs"]["output"] == {"flac": 1}

@@ -63,8 +63,6 @@ def analysis_filters(true_peak: bool = True) -> str:
     )
 
 
-REASONS = ("too_short", "too_long", "too_silent", "too_quiet", "too_loud", "clipped", "not_measured")
-
 
 def measuring(request: "JobRequest", tokens: dict[str, list[str]]) -> bool:
     """Whether this request's FFmpeg runs carry the analysis output.
