@@ -173,6 +173,37 @@ class ProcessingSpec(_Model):
     )
 
 
+class QualitySpec(_Model):
+    """Training-data quality: measurements (on by default) and optional filters (off unless set)."""
+
+    measure: bool = Field(
+        True, description="Measure loudness, true peak, silence, clipping and DC offset in the converting FFmpeg run."
+    )
+    true_peak: bool = Field(
+        True, description="Measure true peak (4x oversampled, about half the analysis CPU); false: sample peak only."
+    )
+    min_seconds: float | None = Field(None, ge=0, description="Reject files shorter than this (output duration).")
+    max_seconds: float | None = Field(None, gt=0, description="Reject files longer than this (output duration).")
+    max_silence_ratio: float | None = Field(None, ge=0, le=1, description="Reject files with more silence than this share.")
+    min_lufs: float | None = Field(None, ge=-70, le=10, description="Reject files quieter than this integrated loudness.")
+    max_lufs: float | None = Field(None, ge=-70, le=10, description="Reject files louder than this integrated loudness.")
+    reject_clipped: bool = Field(False, description="Reject files with samples at digital full scale.")
+    keep_rejected: bool = Field(False, description="Store the output of rejected files too (default: do not).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "QualitySpec":
+        if self.min_seconds is not None and self.max_seconds is not None and self.min_seconds > self.max_seconds:
+            raise ValueError("quality.min_seconds: is greater than max_seconds")
+        if self.min_lufs is not None and self.max_lufs is not None and self.min_lufs > self.max_lufs:
+            raise ValueError("quality.min_lufs: is greater than max_lufs")
+        needs = [n for n in ("max_silence_ratio", "min_lufs", "max_lufs") if getattr(self, n) is not None]
+        if self.reject_clipped:
+            needs.append("reject_clipped")
+        if needs and not self.measure:
+            raise ValueError(f"quality.measure: is false, but {', '.join(needs)} needs the measurements")
+        return self
+
+
 class JobRequest(_Model):
     name: str = Field(..., description="Names the run in logs, metrics and results.")
     compute: Literal["intel", "amd", "arm", "nvidia", "fargate", "fargate-arm"] = "intel"
@@ -181,6 +212,7 @@ class JobRequest(_Model):
     global_: GlobalSpec = Field(default_factory=GlobalSpec, alias="global")
     processing: ProcessingSpec = Field(default_factory=ProcessingSpec)
     results: ResultsSpec | None = None
+    quality: QualitySpec = Field(default_factory=QualitySpec)
 
     @field_validator("name")
     @classmethod
@@ -279,7 +311,7 @@ def parse_request(data: Any) -> JobRequest:
                 msg = "unknown field (check the spelling; see the README's request reference)"
             # model-level checks name their own field at the start of the message
             m = re.match(r"^([a-z_]+(?:\.[a-z_0-9]+)+): (.*)$", msg, re.S)
-            if m and field in ("(request)", "input", "output", "processing"):
+            if m and field in ("(request)", "input", "output", "processing", "quality"):
                 field, msg = m.group(1), m.group(2)
             problems.append((field, msg))
         raise RequestError(problems) from None

@@ -65,7 +65,7 @@ def read_records(lines: Iterable[str | bytes]) -> Iterator[ItemResult]:
 class SummaryBuilder:
     """Aggregates result records one at a time; memory stays bounded whatever the run's size."""
 
-    def __init__(self, failure_list_limit: int = SUMMARY_FAILURE_LIST_LIMIT):
+    def __init__(self, failure_list_limit: int = SUMMARY_FAILURE_LIST_LIMIT, dataset: Any = True):
         self.counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.bytes_in = 0
@@ -80,6 +80,11 @@ class SummaryBuilder:
         self.jobs: Counter[str] = Counter()
         self.job_retries = 0
         self.jobs_with_known_attempts = 0
+        if dataset is True:  # the dataset card (ffleet.dataset); pass None to leave it out
+            from ffleet.dataset import DatasetCardBuilder
+
+            dataset = DatasetCardBuilder()
+        self.dataset = dataset or None
 
     def add(self, r: ItemResult) -> None:
         self.counts[r.status] += 1
@@ -94,6 +99,8 @@ class SummaryBuilder:
             self.bytes_in += r.bytes_in or 0
             self.seconds_in += r.duration_in or 0.0
         self.cpu_seconds += r.cpu_seconds or 0.0
+        if self.dataset is not None:
+            self.dataset.add(r)
 
     def add_batch(self, outcome: str, retries: int | None = None) -> None:
         """Count one AWS Batch job: outcome is succeeded, failed or pending; retries if known."""
@@ -120,6 +127,7 @@ class SummaryBuilder:
 
     def summary(self, *, wall_seconds: float, tolerated_failure_percent: float = 0.0, **run: Any) -> dict[str, Any]:
         failed_percent = self.failed_percent()
+        dataset = {"dataset": self.dataset.card()} if self.dataset is not None else {}
         summary = {
             "run": run,
             "files": {
@@ -141,6 +149,7 @@ class SummaryBuilder:
             "failures_by_reason": dict(self.reasons.most_common()),
             "failures": self.failures,
             "failures_truncated": self.failed_count > len(self.failures),
+            **dataset,
         }
         if self.jobs:
             jobs = sum(self.jobs.values())

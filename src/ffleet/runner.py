@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ffleet.inventory import list_items
+from ffleet.report import REPORT_FILE, render_html
 from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, ItemResult, SummaryBuilder, failed_manifest_line
 from ffleet.storage import LocalStorage, results_storage
@@ -108,9 +109,11 @@ def run_request(
             results=store.uri(run_prefix),
         )
         (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (run_dir / REPORT_FILE).write_text(render_html(summary), encoding="utf-8")
         if not isinstance(store, LocalStorage):
             for name in (RECORDS_FILE, FAILED_FILE, SUMMARY_FILE):
                 store.store(run_dir / name, run_prefix + name, content_type="application/json")
+            store.store(run_dir / REPORT_FILE, run_prefix + REPORT_FILE, content_type="text/html; charset=utf-8")
         return RunOutcome(summary=summary, results_uri=store.uri(run_prefix))
     finally:
         if own_work_dir:

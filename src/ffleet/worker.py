@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from ffleet import audio_quality
 from ffleet.ffmpeg import Binaries, ProcessRegistry, find_binaries, last_error_lines, parse_input_info, probe, run_process
 from ffleet.keys import output_key
 from ffleet.request import JobRequest
@@ -86,9 +87,11 @@ class WorkContext:
     binaries: Binaries = field(default_factory=find_binaries)
     registry: ProcessRegistry = field(default_factory=ProcessRegistry)
     tokens: dict[str, list[str]] = field(init=False)
+    measuring: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.tokens = self.request.option_tokens()
+        self.measuring = audio_quality.measuring(self.request, self.tokens)
 
     @classmethod
     def for_request(cls, request: JobRequest, work_dir: Path | None = None, client=None) -> "WorkContext":
@@ -104,9 +107,12 @@ class WorkContext:
 
     def ffmpeg_argv(self, src: Path, dst: Path) -> list[str]:
         t = self.tokens
+        # measuring: the same run gets a second, analysis output (see ffleet.audio_quality)
+        loglevel = audio_quality.global_args(t["global"]) if self.measuring else []
+        analysis = audio_quality.analysis_args(t, self.request.quality.true_peak) if self.measuring else []
         return [
             self.binaries.ffmpeg, "-hide_banner", "-nostdin", "-nostats",
-            *t["global"], *t["input"], "-i", str(src), *t["output"], "-y", str(dst),
+            *t["global"], *loglevel, *t["input"], "-i", str(src), *t["output"], "-y", str(dst), *analysis,
         ]
 
 
@@ -161,7 +167,10 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
         return
     # 3. FFmpeg into a temp file; it becomes the output only after it probes as valid.
     dst = slot / ("output" + _temp_suffix(out_key))
-    run = run_process(ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry)
+    run = run_process(
+        ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry,
+        stderr_limit=audio_quality.ANALYSIS_STDERR_LIMIT if ctx.measuring else 64_000,
+    )
     result.cpu_seconds += run.cpu_seconds
     info = parse_input_info(run.stderr)
     if info.parsed:
@@ -207,9 +216,12 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
         result.reason, result.detail = "invalid_output", problem
         return
     result.bytes_out = dst.stat().st_size
-    # 5. Store: atomic for folders (temp + rename), whole-object for S3.
-    ctx.output_store.store(dst, out_key)
+    # 5. Quality: measurements into the record; a file failing a filter ends as rejected.
     result.status = SUCCEEDED
+    if ctx.measuring and not audio_quality.apply_quality(req, run.stderr, result):
+        return
+    # 6. Store: atomic for folders (temp + rename), whole-object for S3.
+    ctx.output_store.store(dst, out_key)
 
 
 def _verify_output(ctx: WorkContext, out_probe: dict | None, result: ItemResult) -> str | None:

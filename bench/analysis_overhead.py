@@ -1,0 +1,93 @@
+"""Extra CPU of the analysis branch (ffleet.audio_quality): the same conversions with and without it.
+
+Runs each conversion three ways (no analysis; analysis with sample peak; full analysis with true
+peak), interleaved in rotating order so machine load hits all alike, and prints the CPU-time ratios
+(FFmpeg's own CPU time from wait4). With --worker it times the whole worker per file instead
+(ffleet.worker.process_item: FFmpeg plus the ffprobe that verifies the output), which is what a
+Batch job pays per file. Usage:
+    python bench/analysis_overhead.py [--files 8] [--seconds 60] [--rounds 3] [--options "-ac 1 -ar 16000"] [--ext .flac] [--worker]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ffleet.ffmpeg import find_binaries, run_process  # noqa: E402
+from ffleet.request import parse_request  # noqa: E402
+from ffleet.storage import ListedObject, LocalStorage  # noqa: E402
+from ffleet.worker import WorkContext, process_item  # noqa: E402
+
+
+def make_inputs(folder: Path, files: int, seconds: float) -> list[Path]:
+    """Speech-like test audio: a tone with noise, 44.1 kHz stereo s16 WAV (a common source format)."""
+    ff = find_binaries().ffmpeg
+    paths = []
+    for i in range(files):
+        p = folder / f"in{i}.wav"
+        expr = f"0.3*sin(2*PI*{200 + 37 * i}*t)*(0.5+0.5*sin(2*PI*0.7*t))+0.05*(random(0)-0.5)"
+        run_process([ff, "-hide_banner", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                     f"aevalsrc='{expr}|{expr}':s=44100:d={seconds}", "-c:a", "pcm_s16le", "-y", str(p)], timeout=300)
+        paths.append(p)
+    return paths
+
+
+def context(folder: Path, options: str, ext: str, measure: bool, true_peak: bool = True) -> WorkContext:
+    out = folder / f"out-{measure}-{true_peak}"
+    req = parse_request({"name": "bench", "input": {"path": str(folder / "in")},
+                         "output": {"path": str(out), "file_options": options, "extension": ext, "overwrite": True},
+                         "quality": {"measure": measure, "true_peak": true_peak}})
+    return WorkContext(request=req, input_store=LocalStorage(folder / "in"), output_store=LocalStorage(out),
+                       work_dir=folder)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--options", default="-ac 1 -ar 16000")
+    ap.add_argument("--ext", default=".flac")
+    ap.add_argument("--worker", action="store_true", help="time process_item (FFmpeg + ffprobe) per file")
+    args = ap.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="ffleet-bench-"))
+    try:
+        (folder / "in").mkdir()
+        inputs = make_inputs(folder / "in", args.files, args.seconds)
+        ways = [("plain", context(folder, args.options, args.ext, False)),
+                ("sample_peak", context(folder, args.options, args.ext, True, true_peak=False)),
+                ("full", context(folder, args.options, args.ext, True))]
+        cpu = {name: 0.0 for name, _ in ways}
+        for r in range(args.rounds):
+            for i, src in enumerate(inputs):
+                shift = (r * len(inputs) + i) % len(ways)
+                for name, ctx in ways[shift:] + ways[:shift]:
+                    if args.worker:
+                        res = process_item(ctx, ListedObject(key=src.name))
+                        if res.status != "succeeded":
+                            sys.exit(f"worker failed ({name}): {res.reason} {res.detail}")
+                    else:
+                        res = run_process(ctx.ffmpeg_argv(src, folder / f"out-{name}{args.ext}"), timeout=600)
+                        if res.returncode != 0:
+                            sys.exit(f"ffmpeg failed ({name}): {res.stderr[-500:]}")
+                    cpu[name] += res.cpu_seconds
+        audio_s = args.files * args.seconds * args.rounds
+        what = "whole worker per file (FFmpeg + ffprobe)" if args.worker else "FFmpeg only"
+        print(f"conversion: {args.options!r} -> {args.ext}, {args.files} files x {args.seconds:g} s x {args.rounds} rounds; {what}")
+        labels = {"plain": "no analysis", "sample_peak": "analysis, true_peak false", "full": "analysis (default)"}
+        for name, _ in ways:
+            line = f"{labels[name]:27s} CPU {cpu[name]:7.2f} s  ({cpu[name] / audio_s * 3600:6.1f} s per audio hour)"
+            if name != "plain":
+                ratio = cpu[name] / cpu["plain"]
+                line += f"  ratio {ratio:.3f} (extra CPU {100 * (ratio - 1):+.1f}%)"
+            print(line)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

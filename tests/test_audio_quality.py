@@ -1,0 +1,278 @@
+"""Audio measurements from the converting FFmpeg run, and the quality filters, on generated audio."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ffleet import audio_quality
+from ffleet.audio_quality import analysis_args, global_args, parse_measurements
+from ffleet.ffmpeg import find_binaries
+from ffleet.request import RequestError, parse_request
+from ffleet.results import REJECTED, SUCCEEDED
+from ffleet.runner import run_request
+from ffleet.worker import WorkContext
+
+RATE = 48000
+# Test signals: (name, aevalsrc expression, seconds). Expected values follow from the expressions:
+# a 1 kHz sine of peak A in one channel reads 20*log10(A) - 3.01 LUFS (EBU Tech 3341).
+SIGNALS = {
+    "loud": ("0.9*sin(2*PI*1000*t)", 3.0),  # -3.93 LUFS, peak -0.92 dBFS
+    "clean": ("0.1*sin(2*PI*1000*t)", 2.0),  # -23.01 LUFS
+    "quiet": ("0.005*sin(2*PI*1000*t)", 2.0),  # -49.03 LUFS, above the -60 dB silence level
+    # 1 s of tone, then 3 s at -70 dBFS (below the -60 dB silence threshold): silence share 0.75
+    "near_silent": ("if(lt(t,1),0.1,0.0003)*sin(2*PI*1000*t)", 4.0),
+    # a quiet tone with a 50 ms burst driven 3.5 dB past full scale, clipped to +/-1
+    "clipped": ("if(between(t,1,1.05),clip(1.5*sin(2*PI*1000*t),-1,1),0.1*sin(2*PI*1000*t))", 2.0),
+    "dc": ("0.1*sin(2*PI*1000*t)+0.1", 5.0),  # DC offset 0.1 of full scale
+    "short": ("0.1*sin(2*PI*1000*t)", 0.3),
+}
+# Share of a sine driven to 1.5 that sits at the clip level: 1 - (2/pi)*asin(1/1.5)
+CLIP_SHARE = 1 - (2 / math.pi) * math.asin(1 / 1.5)
+
+
+@pytest.fixture(scope="module")
+def signals(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("signals")
+    ff = find_binaries().ffmpeg
+    for name, (expr, seconds) in SIGNALS.items():
+        subprocess.run(
+            [ff, "-hide_banner", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+             f"aevalsrc='{expr}':s={RATE}:d={seconds}", "-c:a", "pcm_s16le", "-y", str(folder / f"{name}.wav")],
+            check=True, timeout=60,
+        )
+    return folder
+
+
+def _request(tmp_path: Path, inputs: Path, quality: dict | None = None, options: str = "-ac 1 -ar 16000") -> dict:
+    req = {"name": "quality-test", "input": {"path": str(inputs)},
+           "output": {"path": str(tmp_path / "out"), "extension": ".flac", "file_options": options}}
+    if quality is not None:
+        req["quality"] = quality
+    return req
+
+
+def _run(tmp_path: Path, inputs: Path, **kw) -> tuple[dict, dict[str, dict]]:
+    outcome = run_request(parse_request(_request(tmp_path, inputs, **kw)), workers=2)
+    run_dir = Path(outcome.results_uri.removeprefix("file://"))
+    records = {json.loads(line)["key"]: json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()}
+    return outcome.summary, records
+
+
+@pytest.fixture(scope="module")
+def measured(signals, tmp_path_factory) -> tuple[dict, dict[str, dict]]:
+    """One run with measurements and no filters: every file succeeds and carries its measurements."""
+    return _run(tmp_path_factory.mktemp("measured"), signals)
+
+
+# --- each property within a stated tolerance ------------------------------------------------------
+
+def test_every_file_succeeds_with_measurements_by_default(measured):
+    summary, records = measured
+    assert summary["files"]["succeeded"] == len(SIGNALS)
+    for key, rec in records.items():
+        audio = rec["extra"]["audio"]
+        assert rec["status"] == SUCCEEDED, rec
+        assert audio["sample_rate"] == RATE and audio["channels"] == 1 and audio["codec"] == "pcm_s16le", key
+        # the output is described separately (ffprobe), after -ac 1 -ar 16000
+        assert rec["sample_rate"] == 16000 and rec["codec"] == "flac"
+
+
+@pytest.mark.parametrize("name", list(SIGNALS))
+def test_duration_within_10ms(measured, name):
+    assert measured[1][f"{name}.wav"]["extra"]["audio"]["duration"] == pytest.approx(SIGNALS[name][1], abs=0.01)
+
+
+@pytest.mark.parametrize("name, lufs", [("loud", 20 * math.log10(0.9) - 3.01), ("clean", -23.01), ("quiet", -49.03)])
+def test_integrated_loudness_within_half_a_lu(measured, name, lufs):
+    assert measured[1][f"{name}.wav"]["extra"]["audio"]["lufs"] == pytest.approx(lufs, abs=0.5)
+
+
+def test_true_peak_of_loud_sine_within_0_2_db(measured):
+    audio = measured[1]["loud.wav"]["extra"]["audio"]
+    assert audio["true_peak_db"] == pytest.approx(20 * math.log10(0.9), abs=0.2)
+    assert audio["peak_db"] == pytest.approx(20 * math.log10(0.9), abs=0.05)
+    assert audio["clipped"] is False and audio["clipped_samples"] == 0
+
+
+def test_silence_share_within_0_03(measured):
+    audio = measured[1]
+    assert audio["near_silent.wav"]["extra"]["audio"]["silence_ratio"] == pytest.approx(0.75, abs=0.03)
+    assert audio["near_silent.wav"]["extra"]["audio"]["silence_seconds"] == pytest.approx(3.0, abs=0.1)
+    assert audio["loud.wav"]["extra"]["audio"]["silence_ratio"] == 0
+    assert audio["quiet.wav"]["extra"]["audio"]["silence_ratio"] == 0  # -46 dBFS is quiet, not silent
+
+
+def test_clipped_samples_within_5_percent(measured):
+    audio = measured[1]["clipped.wav"]["extra"]["audio"]
+    expected = CLIP_SHARE * 0.05 * RATE  # ~1285 samples of the 50 ms burst sit at +/- full scale
+    assert audio["clipped"] is True
+    assert audio["clipped_samples"] == pytest.approx(expected, rel=0.05)
+    assert audio["peak_db"] >= audio_quality.FULL_SCALE_DB
+
+
+def test_dc_offset_within_0_002_and_flagged(measured):
+    records = measured[1]
+    assert records["dc.wav"]["extra"]["audio"]["dc_offset"] == pytest.approx(0.1, abs=0.002)
+    assert records["dc.wav"]["extra"]["audio"]["dc_offset_flag"] is True
+    for name in ("loud", "clean", "clipped"):
+        audio = records[f"{name}.wav"]["extra"]["audio"]
+        assert abs(audio["dc_offset"]) < 0.001 and audio["dc_offset_flag"] is False, name
+
+
+def test_dataset_card_in_summary(measured):
+    card = measured[0]["dataset"]
+    assert card["files"] == {"kept": len(SIGNALS), "rejected": 0, "measured": len(SIGNALS)}
+    total = sum(s for _, s in SIGNALS.values())
+    assert card["hours"]["output"] == pytest.approx(total / 3600, abs=1e-3)
+    assert card["codecs"] == {"input": {"pcm_s16le": len(SIGNALS)}, "output": {"flac": len(SIGNALS)}}
+    assert sum(card["histograms"]["duration_seconds"]["kept"]) == len(SIGNALS)
+    assert card["flagged"] == {"clipped": 1, "dc_offset": 1}
+    worst = {o["key"] for o in card["outliers"]}
+    assert {"clipped.wav", "dc.wav", "near_silent.wav"} <= worst and "clean.wav" not in worst
+
+
+# --- filters ---------------------------------------------------------------------------------
+
+FILTERS = {"min_seconds": 1, "max_seconds": 4.5, "max_silence_ratio": 0.5, "min_lufs": -40, "max_lufs": -6,
+           "reject_clipped": True}
+EXPECTED_REASONS = {
+    "loud.wav": ["too_loud"],
+    "clean.wav": [],
+    "quiet.wav": ["too_quiet"],
+    "near_silent.wav": ["too_silent"],
+    "clipped.wav": ["clipped"],
+    "dc.wav": ["too_long"],
+    "short.wav": ["too_short", "too_quiet"],  # 0.3 s is shorter than one 400 ms loudness block: -70 LUFS
+}
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_each_filter_rejects_with_its_reason(signals, tmp_path, keep):
+    summary, records = _run(tmp_path, signals, quality={**FILTERS, "keep_rejected": keep})
+    for key, reasons in EXPECTED_REASONS.items():
+        rec = records[key]
+        out = tmp_path / "out" / key.replace(".wav", ".flac")
+        if reasons:
+            assert rec["status"] == REJECTED, rec
+            assert rec["reason"] == reasons[0] and rec["extra"]["rejected_for"] == reasons, rec
+            assert rec["detail"]
+            assert out.exists() == keep, f"{out}: keep_rejected={keep}"
+            assert ("bytes_out" in rec) == keep
+        else:
+            assert rec["status"] == SUCCEEDED and out.exists(), rec
+    # rejected is not failed: the run is within a 0% tolerance
+    assert summary["files"]["rejected"] == 6 and summary["files"]["failed"] == 0
+    assert summary["within_tolerance"] is True
+    card = summary["dataset"]
+    assert card["rejected_by_reason"] == {"too_quiet": 2, "too_loud": 1, "too_silent": 1, "clipped": 1,
+                                          "too_long": 1, "too_short": 1}
+    assert card["files"]["kept"] == 1 and card["hours"]["output"] == pytest.approx(2 / 3600, abs=1e-4)
+    assert list((tmp_path / "out.ffleet-results").glob("*/report.html"))
+
+
+def test_rejected_file_is_not_in_failed_manifest(signals, tmp_path):
+    _run(tmp_path, signals, quality={"min_seconds": 1})
+    failed = next((tmp_path / "out.ffleet-results").glob("*/failed-files.jsonl")).read_text()
+    assert failed == ""
+
+
+def test_measures_the_source_over_the_written_span(signals, tmp_path):
+    """User -af does not change the measurement (it describes the source); output -t trims it."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "clean.wav").write_bytes((signals / "clean.wav").read_bytes())
+    _, records = _run(tmp_path, inputs, options="-af volume=-12dB -ss 0.5 -t 00:01")
+    rec = records["clean.wav"]
+    assert rec["status"] == SUCCEEDED
+    assert rec["extra"]["audio"]["duration"] == pytest.approx(1.0, abs=0.01)
+    assert rec["duration_out"] == pytest.approx(1.0, abs=0.05)
+    assert rec["extra"]["audio"]["lufs"] == pytest.approx(-23.0, abs=0.5)
+
+
+def test_measure_false_leaves_the_argv_alone(tmp_path):
+    on = WorkContext.for_request(parse_request(_request(tmp_path, tmp_path / "in")), work_dir=tmp_path / "w")
+    off = WorkContext.for_request(parse_request(_request(tmp_path, tmp_path / "in", quality={"measure": False})),
+                                  work_dir=tmp_path / "w")
+    argv_on, argv_off = on.ffmpeg_argv(Path("a.wav"), Path("b.flac")), off.ffmpeg_argv(Path("a.wav"), Path("b.flac"))
+    assert argv_on[-3:] == ["-f", "null", "-"]
+    assert argv_on[: len(argv_off)] == argv_off  # the converted output's part is unchanged
+    assert "null" not in argv_off
+    an = WorkContext.for_request(parse_request(_request(tmp_path, tmp_path / "in", options="-an")), work_dir=tmp_path / "w")
+    assert an.measuring is False  # nothing to measure when the output drops audio
+
+
+# --- argv and log parsing (no FFmpeg) --------------------------------------------------------------
+
+def test_analysis_follows_the_users_map_and_trim():
+    args = analysis_args({"global": [], "input": [], "output": ["-map", "0:a:1", "-ss", "00:02", "-t", "5", "-c:a", "flac"]})
+    assert args[:2] == ["-map", "0:a:1"] and args[2] == "-af"
+    assert args[3].startswith("atrim@ffleet_trim=start=2:duration=5,astats@")
+    assert args[-3:] == ["-f", "null", "-"]
+    assert analysis_args({"global": [], "input": [], "output": ["-map", "0:v"]})[:2] == ["-map", "0:a:0"]
+
+
+@pytest.mark.parametrize("tokens, expected", [
+    ([], []),
+    (["-loglevel", "error"], ["-loglevel", "info"]),
+    (["-v", "repeat+warning"], ["-loglevel", "info"]),
+    (["-v", "debug"], []),
+    (["-loglevel", "level+info"], ["-loglevel", "-level+info"]),
+])
+def test_loglevel_raised_only_when_it_hides_the_measurements(tokens, expected):
+    assert global_args(tokens) == expected
+
+
+def test_silence_running_to_the_end_counts_without_an_end_line():
+    log = (
+        "Input #0, wav, from 'x.wav':\n  Duration: 00:00:10.00, bitrate: 768 kb/s\n"
+        "  Stream #0:0: Audio: pcm_s16le ([1][0][0][0] / 0x0001), 48000 Hz, stereo, s16, 1536 kb/s\n"
+        "[silencedetect @ 0x1] silence_start: 2\n[silencedetect @ 0x1] silence_end: 3 | silence_duration: 1\n"
+        "[silencedetect @ 0x1] silence_start: 6\n"
+        "[ffleet_astats @ 0x2] Number of samples: 480000\n"
+    )
+    m = parse_measurements(log)
+    assert m.channels == 2 and m.duration == 10.0
+    assert m.silence_seconds == 5.0 and m.silence_ratio == 0.5
+
+
+def test_missing_measurement_rejects_as_not_measured():
+    req = parse_request({"name": "x", "input": {"path": "/a"}, "output": {"path": "/b"}, "quality": {"min_lufs": -30}})
+    assert audio_quality.quality_reasons(req, None, 3.0) == ["not_measured"]
+    assert parse_measurements("no analysis here") is None
+
+
+@pytest.mark.parametrize("quality, field", [
+    ({"min_seconds": 5, "max_seconds": 2}, "quality.min_seconds"),
+    ({"min_lufs": -10, "max_lufs": -20}, "quality.min_lufs"),
+    ({"measure": False, "reject_clipped": True}, "quality.measure"),
+    ({"max_silence_ratio": 1.5}, "quality.max_silence_ratio"),
+    ({"min_secs": 1}, "quality.min_secs"),
+])
+def test_bad_quality_fields_are_named(quality, field):
+    with pytest.raises(RequestError) as exc:
+        parse_request({"name": "x", "input": {"path": "/a"}, "output": {"path": "/b"}, "quality": quality})
+    assert field in [f for f, _ in exc.value.problems], exc.value.problems
+
+
+def test_true_peak_false_measures_sample_peak_only(signals, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "loud.wav").write_bytes((signals / "loud.wav").read_bytes())
+    _, records = _run(tmp_path, inputs, quality={"true_peak": False})
+    audio = records["loud.wav"]["extra"]["audio"]
+    assert "true_peak_db" not in audio
+    assert audio["peak_db"] == pytest.approx(20 * math.log10(0.9), abs=0.05)
+    assert audio["lufs"] == pytest.approx(20 * math.log10(0.9) - 3.01, abs=0.5)
+
+
+@pytest.mark.parametrize("prefix", ["ffleet_astats", "astats@ffleet_astats"])  # FFmpeg 6 / FFmpeg 5 log names
+def test_astats_lines_parse_under_both_log_names(prefix):
+    log = (f"[{prefix} @ 0x5] DC offset: -0.020000\n[{prefix} @ 0x5] Peak level dB: 0.000000\n"
+           f"[{prefix} @ 0x5] Peak count: 12.000000\n[{prefix} @ 0x5] Number of samples: 1000\n")
+    m = parse_measurements(log)
+    assert m.dc_offset == -0.02 and m.dc_offset_flag is True
+    assert m.clipped_samples == 12 and m.clipped is True
