@@ -64,13 +64,21 @@ def _run(tmp_path: Path, inputs: Path, **kw) -> tuple[dict, dict[str, dict]]:
 
 @pytest.fixture(scope="module")
 def measured(signals, tmp_path_factory) -> tuple[dict, dict[str, dict]]:
-    """One run with measurements and no filters: every file succeeds and carries its measurements."""
-    return _run(tmp_path_factory.mktemp("measured"), signals)
+    """One run with measurements asked for and no filters: every file succeeds and carries its measurements."""
+    return _run(tmp_path_factory.mktemp("measured"), signals, quality={"measure": True})
 
 
 # --- each property within a stated tolerance ------------------------------------------------------
 
-def test_every_file_succeeds_with_measurements_by_default(measured):
+def test_measurements_are_off_unless_asked_for(signals, tmp_path):
+    # off by default: they cost 3-4x the CPU of a cheap conversion (bench/analysis_overhead.py)
+    _, records = _run(tmp_path, signals)
+    assert all("audio" not in (rec.get("extra") or {}) for rec in records.values())
+    _, filtered = _run(tmp_path / "f", signals, quality={"min_seconds": 1})  # a filter turns them on
+    assert all("audio" in rec["extra"] for rec in filtered.values())
+
+
+def test_every_file_succeeds_with_measurements(measured):
     summary, records = measured
     assert summary["files"]["succeeded"] == len(SIGNALS)
     for key, rec in records.items():
@@ -185,7 +193,7 @@ def test_measures_the_source_over_the_written_span(signals, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "clean.wav").write_bytes((signals / "clean.wav").read_bytes())
-    _, records = _run(tmp_path, inputs, options="-af volume=-12dB -ss 0.5 -t 00:01")
+    _, records = _run(tmp_path, inputs, options="-af volume=-12dB -ss 0.5 -t 00:01", quality={"measure": True})
     rec = records["clean.wav"]
     assert rec["status"] == SUCCEEDED
     assert rec["extra"]["audio"]["duration"] == pytest.approx(1.0, abs=0.01)
@@ -194,14 +202,16 @@ def test_measures_the_source_over_the_written_span(signals, tmp_path):
 
 
 def test_measure_false_leaves_the_argv_alone(tmp_path):
-    on = WorkContext.for_request(parse_request(_request(tmp_path, tmp_path / "in")), work_dir=tmp_path / "w")
+    on = WorkContext.for_request(parse_request(_request(tmp_path, tmp_path / "in", quality={"measure": True})),
+                                 work_dir=tmp_path / "w")
     off = WorkContext.for_request(parse_request(_request(tmp_path, tmp_path / "in", quality={"measure": False})),
                                   work_dir=tmp_path / "w")
     argv_on, argv_off = on.ffmpeg_argv(Path("a.wav"), Path("b.flac")), off.ffmpeg_argv(Path("a.wav"), Path("b.flac"))
     assert argv_on[-3:] == ["-f", "null", "-"]
     assert argv_on[: len(argv_off)] == argv_off  # the converted output's part is unchanged
     assert "null" not in argv_off
-    an = WorkContext.for_request(parse_request(_request(tmp_path, tmp_path / "in", options="-an")), work_dir=tmp_path / "w")
+    an = WorkContext.for_request(parse_request(_request(tmp_path, tmp_path / "in", options="-an", quality={"measure": True})),
+                                 work_dir=tmp_path / "w")
     assert an.measuring is False  # nothing to measure when the output drops audio
 
 
@@ -262,7 +272,7 @@ def test_true_peak_false_measures_sample_peak_only(signals, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "loud.wav").write_bytes((signals / "loud.wav").read_bytes())
-    _, records = _run(tmp_path, inputs, quality={"true_peak": False})
+    _, records = _run(tmp_path, inputs, quality={"measure": True, "true_peak": False})
     audio = records["loud.wav"]["extra"]["audio"]
     assert "true_peak_db" not in audio
     assert audio["peak_db"] == pytest.approx(20 * math.log10(0.9), abs=0.05)

@@ -124,6 +124,6 @@ def test_run_against_s3_endpoint(tmp_path, s3_endpoint, tone_cache):
     for k in keys[:3]:
         assert "output/" + k in out_keys  # the original mapping, exotic keys intact
     results = [k for k in out_keys if k.startswith("ffleet-results/s3-job/")]
-    assert {k.rsplit("/", 1)[1] for k in results} == {"records.jsonl", "summary.json", "failed-files.jsonl"}
+    assert {k.rsplit("/", 1)[1] for k in results} == {"records.jsonl", "summary.json", "failed-files.jsonl", "report.html"}
     code, s2 = run_json(req)
     assert s2["files"]["skipped"] == 3

@@ -198,7 +198,8 @@ def test_s3_run_uploads_the_report(s3_endpoint, tone_cache):
         s3.create_bucket(Bucket=bucket)
     s3.upload_file(str(tone_cache(".wav", seconds=1.0)), "in-bucket", "media/a.wav")
     request = parse_request({"name": "s3-report", "input": {"s3_bucket": "in-bucket", "s3_prefix": "media/"},
-                             "output": {"s3_bucket": "out-bucket", "s3_prefix": "flac/", "extension": ".flac"}})
+                             "output": {"s3_bucket": "out-bucket", "s3_prefix": "flac/", "extension": ".flac"},
+                             "quality": {"measure": True}})
     outcome = run_request(request, workers=1, client=s3)
     assert outcome.summary["files"]["succeeded"] == 1
     prefix = outcome.results_uri.removeprefix("s3://out-bucket/")

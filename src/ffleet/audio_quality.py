@@ -67,11 +67,11 @@ def analysis_filters(true_peak: bool = True) -> str:
 def measuring(request: "JobRequest", tokens: dict[str, list[str]]) -> bool:
     """Whether this request's FFmpeg runs carry the analysis output.
 
-    On by default for audio work. Off when the user turned it off, when the job is not about audio
+    On when the request asks (quality.measure, or any quality filter). Off when the job is not about audio
     (require_audio false: a file without audio would make the extra output fail) or drops audio (-an).
     """
     q = request.quality
-    return bool(q.measure and request.processing.require_audio and "-an" not in tokens["output"])
+    return bool(q.measuring and request.processing.require_audio and "-an" not in tokens["output"])
 
 
 def _audio_map(output_tokens: list[str]) -> str:

@@ -67,9 +67,10 @@ def make_corpus(folder: Path, count: int = 20, seconds: tuple[float, float] = (3
     return paths
 
 
-def demo_request(input_dir: Path, output_dir: Path, tolerated_percent: float = 20) -> dict:
-    """The demo job: everything to 48 kHz mono FLAC, tolerating the deliberately broken files."""
-    return {
+def demo_request(input_dir: Path, output_dir: Path, tolerated_percent: float = 20, measure: bool = False) -> dict:
+    """The demo job: everything to 48 kHz mono FLAC, tolerating the deliberately broken files.
+    With `measure`, each file is also measured for the dataset card (report.html)."""
+    request = {
         "name": "demo-audio",
         "compute": "intel",
         "input": {"path": str(input_dir), "file_options": "null"},
@@ -77,6 +78,9 @@ def demo_request(input_dir: Path, output_dir: Path, tolerated_percent: float = 2
         "global": {"options": "null"},
         "processing": {"tolerated_failure_percent": tolerated_percent},
     }
+    if measure:
+        request["quality"] = {"measure": True}
+    return request
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if not inputs.exists():
         make_corpus(inputs, args.count)
     request_path = args.folder / "demo-request.json"
-    request_path.write_text(json.dumps(demo_request(inputs.resolve(), outputs.resolve()), indent=2) + "\n")
+    request_path.write_text(json.dumps(demo_request(inputs.resolve(), outputs.resolve(), measure=True), indent=2) + "\n")
     print(request_path)
     return 0
 

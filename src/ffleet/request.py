@@ -174,10 +174,14 @@ class ProcessingSpec(_Model):
 
 
 class QualitySpec(_Model):
-    """Training-data quality: measurements (on by default) and optional filters (off unless set)."""
+    """Training-data quality: measurements and optional filters (off unless asked for)."""
 
-    measure: bool = Field(
-        True, description="Measure loudness, true peak, silence, clipping and DC offset in the converting FFmpeg run."
+    # Off by default: measured at 3-4x the CPU of a cheap conversion such as resampling to FLAC
+    # (bench/analysis_overhead.py), far above the 10% the measurements were meant to cost.
+    measure: bool | None = Field(
+        None,
+        description="Measure loudness, true peak, silence, clipping and DC offset in the converting FFmpeg run. "
+        "Default: on when a filter below is set, otherwise off.",
     )
     true_peak: bool = Field(
         True, description="Measure true peak (4x oversampled, about half the analysis CPU); false: sample peak only."
@@ -199,9 +203,20 @@ class QualitySpec(_Model):
         needs = [n for n in ("max_silence_ratio", "min_lufs", "max_lufs") if getattr(self, n) is not None]
         if self.reject_clipped:
             needs.append("reject_clipped")
-        if needs and not self.measure:
+        if needs and self.measure is False:
             raise ValueError(f"quality.measure: is false, but {', '.join(needs)} needs the measurements")
         return self
+
+    @property
+    def has_filters(self) -> bool:
+        return self.reject_clipped or any(
+            getattr(self, n) is not None
+            for n in ("min_seconds", "max_seconds", "max_silence_ratio", "min_lufs", "max_lufs")
+        )
+
+    @property
+    def measuring(self) -> bool:
+        return self.measure if self.measure is not None else self.has_filters
 
 
 class JobRequest(_Model):

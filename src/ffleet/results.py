@@ -197,6 +197,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  x {fail['key']}  [{fail['reason']}] {detail[-1] if detail else ''}"[:200])
     if len(summary["failures"]) > 10 or summary.get("failures_truncated"):
         lines.append("  ... (see failed-files.jsonl in the results location)")
+    card = summary.get("dataset")
+    if card and card["files"]["measured"]:
+        flagged = card["flagged"]
+        lines.append(
+            f"dataset    {card['files']['measured']} measured, {card['files']['rejected']} rejected, "
+            f"{flagged['clipped']} clipped, {flagged['dc_offset']} with DC offset (report.html)"
+        )
     run = summary.get("run") or {}
     if run.get("results"):
         lines.append(f"results    {run['results']}")
