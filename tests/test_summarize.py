@@ -385,6 +385,9 @@ def test_handler_with_sample_event_writes_summary_and_emits_emf(monkeypatch, cap
 
         summary = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "summary.json")["Body"].read())
         failed = s3.get_object(Bucket=bucket, Key=prefix + "failed-files.jsonl")["Body"].read().decode()
+        report = s3.get_object(Bucket=bucket, Key=prefix + "report.html")
+        assert report["ContentType"].startswith("text/html")
+        assert b"podcast-archive" in report["Body"].read()  # the dataset card page, as a local run writes
         assert sorted(o.key for o in read_manifest(f"s3://{bucket}/{prefix}failed-files.jsonl", s3)) == ["m/2.wav", "n/2.wav"]
     assert summary["run"]["name"] == "podcast-archive" and summary["tolerated_failure_percent"] == 5
     assert summary["files"]["total"] == 4 and summary["files"]["failed"] == 2
@@ -419,7 +422,8 @@ def _flatten_keys(d: dict, prefix: str = "") -> set[str]:
     keys = set()
     for k, v in d.items():
         keys.add(prefix + k)
-        if isinstance(v, dict) and k not in ("failures_by_reason", "run"):
+        # maps keyed by data (reasons, codecs, sample rates) are not part of the schema
+        if isinstance(v, dict) and k not in ("failures_by_reason", "run", "codecs", "sample_rate_hz", "rejected_by_reason"):
             keys |= _flatten_keys(v, prefix + k + ".")
     return keys
 

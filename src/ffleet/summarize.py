@@ -15,10 +15,12 @@ from typing import Any, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ffleet.report import REPORT_FILE, render_html
 from ffleet.results import (
     FAILED, NOT_DONE, SUCCEEDED, ItemResult, SummaryBuilder, failed_manifest_line, read_records,
 )
 from ffleet.storage import LocalStorage, NotFound, S3Storage, Storage, StorageError, open_location, split_s3_uri
+
 
 SUMMARY_FILE = "summary.json"
 FAILED_FILE = "failed-files.jsonl"
@@ -583,6 +585,8 @@ def summarize_cloud(
         if write:
             store.write_bytes(prefix + SUMMARY_FILE, _summary_bytes(summary), content_type="application/json")
             store.store(Path(tmp) / FAILED_FILE, prefix + FAILED_FILE, content_type="application/x-ndjson")
+            # the dataset card as a page, the same one a local run writes
+            store.write_bytes(prefix + REPORT_FILE, render_html(summary).encode("utf-8"), content_type="text/html; charset=utf-8")
             out.summary_uri, out.failed_files_uri = store.uri(prefix + SUMMARY_FILE), store.uri(prefix + FAILED_FILE)
         return out
 
