@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -92,6 +93,36 @@ def _kill(proc: subprocess.Popen) -> None:
         pass
 
 
+@lru_cache(maxsize=1)
+def _prctl():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _die_with_parent_fn():
+    """A preexec_fn that makes the child get SIGKILL when ffleet dies (Linux PR_SET_PDEATHSIG).
+
+    Without it a SIGKILLed `ffleet run` leaves its FFmpegs running in their own sessions, and a
+    hung one forever, because the timeout timer died with ffleet. Resolved here, in the parent,
+    so the child between fork and exec only makes one C call (no imports, no locks).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = _prctl()
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # ffleet died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
 def run_process(
     argv: list[str],
     timeout: float,
@@ -115,6 +146,7 @@ def run_process(
             stderr=err_file,
             start_new_session=True,  # own process group, so a kill reaches ffmpeg's children too
             close_fds=True,
+            preexec_fn=_die_with_parent_fn(),
         )
         if registry is not None:
             registry.add(proc)
