@@ -17,7 +17,7 @@ from typing import Callable
 from ffleet.inventory import list_items
 from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, ItemResult, SummaryBuilder, failed_manifest_line
-from ffleet.storage import LocalStorage, results_storage
+from ffleet.storage import LocalStorage, StorageError, results_storage
 from ffleet.worker import WorkContext, default_workers, run_items
 
 RECORDS_FILE = "records.jsonl"
@@ -109,8 +109,15 @@ def run_request(
         )
         (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if not isinstance(store, LocalStorage):
-            for name in (RECORDS_FILE, FAILED_FILE, SUMMARY_FILE):
-                store.store(run_dir / name, run_prefix + name, content_type="application/json")
+            try:
+                for name in (RECORDS_FILE, FAILED_FILE, SUMMARY_FILE):
+                    store.store(run_dir / name, run_prefix + name, content_type="application/json")
+            except StorageError as exc:
+                # the outputs are written; losing the only record of what happened to each file
+                # would force a blind re-run, so keep the results where the user can find them
+                kept = Path(tempfile.gettempdir()) / f"ffleet-results-{run_id}"
+                shutil.copytree(run_dir, kept, dirs_exist_ok=True)
+                raise StorageError(f"{exc}; the run's records and summary are kept in {kept}") from exc
         return RunOutcome(summary=summary, results_uri=store.uri(run_prefix))
     finally:
         if own_work_dir:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from s3_proxy import FaultyS3Proxy
@@ -76,7 +79,8 @@ def test_run_retries_and_every_file_is_done_once(tmp_path, s3_endpoint, moto_ser
 def test_uploads_that_keep_failing_are_storage_errors_and_a_rerun_finishes(tmp_path, s3_endpoint, moto_server, tone_cache):
     """S3 answers 500 to every PUT for longer than the retries last. Each file must fail with reason
     storage_error (the infrastructure's fault, not the file's), no output object may exist, the
-    run exits non-zero without a traceback, and a re-run once S3 recovers does every file."""
+    run exits non-zero without a traceback, the records (which could not be uploaded either) are
+    kept in a local folder the error message names, and a re-run once S3 recovers does every file."""
     s3 = s3_endpoint
     keys = _setup(s3, tone_cache)
     req = _request(tmp_path)
@@ -85,13 +89,17 @@ def test_uploads_that_keep_failing_are_storage_errors_and_a_rerun_finishes(tmp_p
     assert proxy.injected[("PUT", 500)] >= N_FILES
     assert p.returncode != 0
     assert "o/" not in {o["Key"][:2] for o in s3.list_objects_v2(Bucket="media-out").get("Contents", [])}
-    # the results could not be uploaded either; the CLI must say so, naming the location
-    if p.stdout.strip():
-        s = json.loads(p.stdout)
-        assert s["files"]["failed"] == N_FILES and set(s["failures_by_reason"]) == {"storage_error"}
-    else:
-        print(p.stderr)
-        assert "ffleet" in p.stderr and "s3://media-out/" in p.stderr, p.stderr
+    # the results could not be uploaded either: the CLI must say so and keep them locally
+    m = re.search(r"kept in (\S+)", p.stderr)
+    assert m and "s3://media-out/" in p.stderr, p.stderr
+    kept = Path(m.group(1))
+    try:
+        recs = [json.loads(line) for line in (kept / "records.jsonl").read_text().splitlines()]
+        assert sorted(r["key"] for r in recs) == sorted(keys)
+        assert {(r["status"], r["reason"]) for r in recs} == {("failed", "storage_error")}
+        assert json.loads((kept / "summary.json").read_text())["files"]["failed"] == N_FILES
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
     p2 = _run(req, s3_endpoint.meta.endpoint_url)
     assert p2.returncode == 0, p2.stderr
     s2 = json.loads(p2.stdout)
