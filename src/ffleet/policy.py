@@ -68,7 +68,7 @@ FILE_OPTION_FILTERS = {"curves", "selectivecolor", "firequalizer", "paletteuse",
 _PATH_OPTION = re.compile(
     r"^(file|filename|filenames|path|model|models|sofa|shader|custom_shader_path|db|datapath|textfile|"
     r"fontfile|stats_file|log_path|log_fmt|result|input|output|dump|kernel|source|commands|url|"
-    r"dumpfile|psfile|plot|weights|object|cover|hint|debug_kdtree|axisfile|fontsdir|labels)$",
+    r"dumpfile|psfile|plot|object|cover|hint|debug_kdtree|axisfile|fontsdir|labels)$",  # not "weights": amix uses it
     re.I,
 )
 

@@ -239,3 +239,15 @@ def test_request_error_serialises_for_the_start_lambda():
         parse_request(_request("output", "-i /etc/passwd"))
     body = json.loads(json.dumps(exc.value.to_dict()))
     assert body["valid"] is False and body["errors"][0]["field"] == "output.file_options"
+
+
+@pytest.mark.parametrize("options", [
+    "-af amix=inputs=1:weights=1",
+    "-af \"firequalizer=gain='if(lt(f,1000),0,-20)'\"",
+    "-vf curves=preset=vintage",
+    "-vf paletteuse=dither=bayer",
+])
+def test_the_tightened_policy_still_passes_everyday_uses_of_those_filters(options):
+    """The fixes above refuse file options and positional values of filters that have a file
+    option; the same filters used the ordinary way (key=value, no file) must still pass."""
+    assert parse_request(_request("output", options)).output.file_options == options
