@@ -58,11 +58,17 @@ FORBIDDEN_FILTERS = {
     "vidstabtransform", "signature", "metadata", "ametadata", "ocr", "lensfun", "libplacebo",
     "program_opencl", "openclsrc", "coreimage", "coreimagesrc", "deshake", "qrencode", "qrencodesrc",
     "avsynctest", "afir", "whisper", "vmafmotion", "identity", "msad", "corr", "xpsnr",
+    # their first option (so a bare positional value) or their alias 'f' names a file
+    "removelogo", "cover_rect", "find_rect", "nnedi", "cellauto", "life", "fieldhint", "ssim360",
 }
+# Allowed filters that still have an option naming a file: their arguments must be key=value, since
+# a positional value could land on that option (FFmpeg assigns positional values in option order).
+FILE_OPTION_FILTERS = {"curves", "selectivecolor", "firequalizer", "paletteuse", "showcqt"}
 # Filter option names that take a path, wherever they appear.
 _PATH_OPTION = re.compile(
     r"^(file|filename|filenames|path|model|models|sofa|shader|custom_shader_path|db|datapath|textfile|"
-    r"fontfile|stats_file|log_path|log_fmt|result|input|output|dump|kernel|source|commands|url)$",
+    r"fontfile|stats_file|log_path|log_fmt|result|input|output|dump|kernel|source|commands|url|"
+    r"dumpfile|psfile|plot|object|cover|hint|debug_kdtree|axisfile|fontsdir|labels)$",  # not "weights": amix uses it
     re.I,
 )
 
@@ -70,6 +76,7 @@ _PATH_OPTION = re.compile(
 FORBIDDEN_FORMATS = {
     "tee", "segment", "ssegment", "stream_segment", "hls", "dash", "image2", "fifo", "rtp", "rtsp",
     "rtp_mpegts", "sap", "smoothstreaming", "webm_chunk", "webm_dash_manifest", "null", "lavfi",
+    "concat",  # the concat demuxer opens the files its input lists
 }
 _FORMAT_NAME = re.compile(r"^[A-Za-z0-9_]+(,[A-Za-z0-9_]+)*$")
 
@@ -81,7 +88,8 @@ _PROTOCOLS = (
     "rtp", "rtsp", "srt", "srtp", "tls", "ftp", "sftp", "gopher", "gophers", "hls", "icecast", "mmsh",
     "mmst", "prompeg", "sctp", "smb", "ipfs", "ipns", "rist", "zmq", "amqp", "libssh", "bluray", "md5",
 )
-_PROTOCOL_PATTERN = re.compile(r"(?:^|[^A-Za-z0-9_])(" + "|".join(_PROTOCOLS) + r"):", re.I)
+# "proto,,opt,val,,:" is FFmpeg's syntax for protocol options in a URL (e.g. subfile,,start,0,,:path)
+_PROTOCOL_PATTERN = re.compile(r"(?:^|[^A-Za-z0-9_])(" + "|".join(_PROTOCOLS) + r")(?::|,,)", re.I)
 
 # Keys of -x264-params / -x265-params that read or write files.
 _ENCODER_PARAM_FILE_KEYS = re.compile(
@@ -189,3 +197,5 @@ def check_filtergraph(graph: str) -> None:
             key, eq, _ = arg.partition("=")
             if eq and _PATH_OPTION.match(key.strip()):
                 raise OptionPolicyError(f"{name}={key}", "filter options that name a file are not allowed")
+            if name in FILE_OPTION_FILTERS and arg.strip() and not (eq and re.match(r"^[A-Za-z0-9_-]+$", key.strip())):
+                raise OptionPolicyError(f"{name}={arg}", "this filter has an option that names a file: give its options as key=value")

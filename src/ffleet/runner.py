@@ -18,7 +18,7 @@ from ffleet.inventory import list_items
 from ffleet.report import REPORT_FILE, render_html
 from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, ItemResult, SummaryBuilder, failed_manifest_line
-from ffleet.storage import LocalStorage, results_storage
+from ffleet.storage import LocalStorage, StorageError, results_storage
 from ffleet.worker import WorkContext, default_workers, run_items
 
 RECORDS_FILE = "records.jsonl"
@@ -84,9 +84,12 @@ def run_request(
         run_dir = wd / "results"
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        items = list(list_items(request, client))
+        # Items stream from the listing into the pool: a list of 3 million listed objects would hold
+        # ~1 GB (measured 364 bytes per file). The progress bar's total costs a counting pass.
+        total = sum(1 for _ in list_items(request, client)) if progress else 0
         if progress:
-            progress(len(items), None)
+            progress(total, None)
+        items = list_items(request, client)
         with stop_on_signals(ctx), open(run_dir / RECORDS_FILE, "w", encoding="utf-8") as records, open(
             run_dir / FAILED_FILE, "w", encoding="utf-8"
         ) as failed:
@@ -97,7 +100,7 @@ def run_request(
                     failed.write(failed_manifest_line(res) + "\n")
                 builder.add(res)
                 if progress:
-                    progress(len(items), res)
+                    progress(total, res)
         summary = builder.summary(
             wall_seconds=time.monotonic() - started,
             tolerated_failure_percent=request.processing.tolerated_failure_percent,
@@ -111,9 +114,16 @@ def run_request(
         (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (run_dir / REPORT_FILE).write_text(render_html(summary), encoding="utf-8")
         if not isinstance(store, LocalStorage):
-            for name in (RECORDS_FILE, FAILED_FILE, SUMMARY_FILE):
-                store.store(run_dir / name, run_prefix + name, content_type="application/json")
-            store.store(run_dir / REPORT_FILE, run_prefix + REPORT_FILE, content_type="text/html; charset=utf-8")
+            try:
+                for name in (RECORDS_FILE, FAILED_FILE, SUMMARY_FILE):
+                    store.store(run_dir / name, run_prefix + name, content_type="application/json")
+                store.store(run_dir / REPORT_FILE, run_prefix + REPORT_FILE, content_type="text/html; charset=utf-8")
+            except StorageError as exc:
+                # the outputs are written; losing the only record of what happened to each file
+                # would force a blind re-run, so keep the results where the user can find them
+                kept = Path(tempfile.gettempdir()) / f"ffleet-results-{run_id}"
+                shutil.copytree(run_dir, kept, dirs_exist_ok=True)
+                raise StorageError(f"{exc}; the run's records and summary are kept in {kept}") from exc
         return RunOutcome(summary=summary, results_uri=store.uri(run_prefix))
     finally:
         if own_work_dir:

@@ -1,6 +1,7 @@
 """Storage backends behind one small interface: S3 (any endpoint) and local folders."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -88,6 +89,8 @@ class LocalStorage:
         except FileNotFoundError:
             raise NotFound(f"{self.uri(key)} does not exist") from None
         except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # the work disk, not the input, is the problem
+                raise StorageError(f"cannot copy {src} to the work folder {dest.parent}: {exc.strerror}") from exc
             raise StorageError(f"cannot read {src}: {exc.strerror}") from exc
         return dest.stat().st_size
 
