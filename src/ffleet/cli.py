@@ -30,7 +30,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ffleet.results import format_summary
-    from ffleet.runner import run_request
+    from ffleet.runner import ResultsNotSaved, run_request
     from ffleet.storage import StorageError
 
     try:
@@ -41,6 +41,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress, close = _progress_bar(enabled=not args.no_progress)
     try:
         outcome = run_request(request, workers=args.workers, progress=progress)
+    except ResultsNotSaved as exc:
+        close()
+        print(f"ffleet: {args.request} ran, but its results could not be saved: {exc}", file=sys.stderr)
+        return EXIT_FAILURES
     except (StorageError, ValueError) as exc:
         close()
         print(f"ffleet: cannot run {args.request}: {exc}", file=sys.stderr)

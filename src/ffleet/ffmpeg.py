@@ -213,13 +213,36 @@ def parse_input_info(stderr: str) -> InputInfo:
     return info
 
 
-def probe(path: Path, binaries: Binaries, timeout: float = 60, registry: ProcessRegistry | None = None) -> tuple[dict | None, ProcessResult]:
-    """ffprobe a local file; returns (json or None, process result)."""
+# Demuxers ffleet lets FFmpeg use on an input. FFmpeg picks the demuxer from the file's content,
+# not its name, and some demuxers open other files or URLs that the file lists (hls, dash, concat,
+# image2 patterns, imf, lavfi...): a 90-byte "evil.wav" that is an HLS playlist made FFmpeg read a
+# local file ffleet never named (tests/faults/test_fault_hostile_inputs.py). So inputs may only be
+# read by these single-file media demuxers, over the file protocol alone.
+INPUT_FORMATS = (
+    "wav", "w64", "aiff", "caf", "au", "mp3", "flac", "ogg", "mov", "matroska", "aac", "ac3", "eac3",
+    "amr", "amrnb", "amrwb", "ape", "wv", "tta", "dts", "dtshd", "truehd", "mlp", "mpc", "mpc8", "asf",
+    "avi", "flv", "mpegts", "mpeg", "mxf", "rm", "voc", "gsm", "ircam", "sox", "nut", "loas", "spdif",
+    "dsf", "iff", "qcp", "codec2", "aptx", "sbc", "dv", "wtv", "ivf", "h264", "hevc", "m4v", "vc1",
+    "obu", "xwma", "mmf", "aa",
+)
+
+
+def input_guard(extra_formats: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Input options that keep FFmpeg to the one local file ffleet names (see INPUT_FORMATS)."""
+    formats = ",".join(dict.fromkeys([*INPUT_FORMATS, *extra_formats]))
+    return ["-protocol_whitelist", "file", "-format_whitelist", formats]
+
+
+def probe(
+    path: Path, binaries: Binaries, timeout: float = 60, registry: ProcessRegistry | None = None,
+    untrusted: bool = False,
+) -> tuple[dict | None, ProcessResult]:
+    """ffprobe a local file; returns (json or None, process result). `untrusted`: a user's input."""
     result = run_process(
         [
             binaries.ffprobe, "-v", "error", "-hide_banner", "-print_format", "json",
             "-show_entries", "format=duration,format_name,size,bit_rate:stream=codec_type,codec_name,sample_rate,channels,duration",
-            str(path),
+            *(input_guard() if untrusted else []), str(path),
         ],
         timeout=timeout,
         registry=registry,

@@ -12,7 +12,7 @@ STATUSES = (SUCCEEDED, FAILED, SKIPPED, REJECTED, NOT_DONE)
 # Failure reason classes. A reason says whose fault it is: the file's (retrying will not help)
 # or the infrastructure's (a retry may).
 FILE_REASONS = (
-    "empty_input", "corrupt_input", "no_audio_stream", "timeout", "ffmpeg_error", "invalid_output",
+    "empty_input", "corrupt_input", "unsupported_format", "no_audio_stream", "timeout", "ffmpeg_error", "invalid_output",
     "not_found",
 )
 INFRA_REASONS = ("storage_error", "interrupted", "batch_job_failed", "internal_error")

@@ -26,6 +26,10 @@ SUMMARY_FILE = "summary.json"
 FAILED_FILE = "failed-files.jsonl"
 
 
+class ResultsNotSaved(StorageError):
+    """The files were processed, but the records and summary could not be written to the results location."""
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
@@ -123,7 +127,7 @@ def run_request(
                 # would force a blind re-run, so keep the results where the user can find them
                 kept = Path(tempfile.gettempdir()) / f"ffleet-results-{run_id}"
                 shutil.copytree(run_dir, kept, dirs_exist_ok=True)
-                raise StorageError(f"{exc}; the run's records and summary are kept in {kept}") from exc
+                raise ResultsNotSaved(f"{exc}; the run's records and summary are kept in {kept}") from exc
         return RunOutcome(summary=summary, results_uri=store.uri(run_prefix))
     finally:
         if own_work_dir:

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ffleet import audio_quality
-from ffleet.ffmpeg import Binaries, ProcessRegistry, find_binaries, last_error_lines, parse_input_info, probe, run_process
+from ffleet.ffmpeg import (
+    Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, probe, run_process,
+)
 from ffleet.keys import output_key
 from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
@@ -28,6 +30,7 @@ _CORRUPT_PATTERNS = re.compile(
     r"Error opening input|End of file",
     re.I,
 )
+_NOT_ON_WHITELIST = re.compile(r"^\[(\w+) @ [^\]]+\] Format not on whitelist", re.M)
 _NO_SPACE = re.compile(r"No space left on device", re.I)
 
 
@@ -87,10 +90,14 @@ class WorkContext:
     binaries: Binaries = field(default_factory=find_binaries)
     registry: ProcessRegistry = field(default_factory=ProcessRegistry)
     tokens: dict[str, list[str]] = field(init=False)
+    guard: list[str] = field(init=False)
     measuring: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.tokens = self.request.option_tokens()
+        # a user's input -f (e.g. s16le for raw PCM) is a demuxer they chose: let it through
+        user_formats = [v for flag, v in zip(self.tokens["input"], self.tokens["input"][1:]) if flag == "-f"]
+        self.guard = input_guard(user_formats)
         self.measuring = audio_quality.measuring(self.request, self.tokens)
 
     @classmethod
@@ -112,7 +119,7 @@ class WorkContext:
         analysis = audio_quality.analysis_args(t, self.request.quality.true_peak) if self.measuring else []
         return [
             self.binaries.ffmpeg, "-hide_banner", "-nostdin", "-nostats",
-            *t["global"], *loglevel, *t["input"], "-i", str(src), *t["output"], "-y", str(dst), *analysis,
+            *t["global"], *loglevel, *t["input"], *self.guard, "-i", str(src), *t["output"], "-y", str(dst), *analysis,
         ]
 
 
@@ -185,7 +192,14 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
         return
     if run.returncode != 0:
         tail = last_error_lines(run.stderr).replace(str(src), item.key)
-        if _NO_SPACE.search(run.stderr):
+        unsupported = _NOT_ON_WHITELIST.search(run.stderr)
+        if unsupported:
+            result.reason = "unsupported_format"
+            result.detail = (
+                f"FFmpeg detected the {unsupported.group(1)} format, which ffleet does not read "
+                "(it can open other files; see INPUT_FORMATS in ffleet/ffmpeg.py)"
+            )
+        elif _NO_SPACE.search(run.stderr):
             result.reason = "storage_error"
             result.detail = "local disk full while writing the output: " + tail
         elif not info.parsed or _CORRUPT_PATTERNS.search(tail):
@@ -196,7 +210,7 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
         return
     if not info.parsed or info.duration is None:
         # the user's -loglevel hid the input section, or the container has no duration: ask ffprobe
-        in_probe, pr = probe(src, ctx.binaries, registry=ctx.registry)
+        in_probe, pr = probe(src, ctx.binaries, registry=ctx.registry, untrusted=True)
         result.cpu_seconds += pr.cpu_seconds
         if in_probe:
             dur = (in_probe.get("format") or {}).get("duration")
