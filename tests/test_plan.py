@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from conftest import run_cli, write_json
+from conftest import REPO, run_cli, write_json
 from ffleet import plan as P
 from ffleet.plan import Fleet, PlanError, Workload, design, make_plan, recommended_files_per_job, workload_from
 
@@ -212,3 +214,22 @@ def test_calibrate_reports_a_broken_file_and_fails_when_nothing_succeeds(tmp_pat
     req = write_json(tmp_path / "req2.json", local_request(tmp_path, empty))
     proc = run_cli("calibrate", str(req))
     assert proc.returncode == 2 and "no files" in proc.stderr
+
+
+# --- the benchmark harness (not the benchmark: its figures are not checked) -------------------
+
+def test_bench_micro_mode_runs_and_writes_its_results(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run_bench.py"), "--micro", "--no-s3", "--no-debian",
+         "--workdir", str(tmp_path / "work"), "--results", str(tmp_path / "results")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = (tmp_path / "results").glob("micro-*.json")
+    report = json.loads(path.read_text())
+    assert set(report["median_wall_seconds"]) == {"naive", "limit", "ffleet_local"}
+    assert {"speedup_over_naive", "efficiency_vs_limit", "overhead_ms_per_file"} <= set(report["ratios"])
+    assert "ffmpeg" in report["profile"]["ms_per_file"]
+    # every scenario wrote one FLAC per input file
+    for name in ("naive", "limit", "ffleet"):
+        assert len(list((tmp_path / "work" / "out" / name).rglob("*.flac"))) == report["corpus"]["files"], name

@@ -147,16 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON (what `ffleet plan --calibration` reads)")
     p.set_defaults(func=cmd_calibrate)
 
+    from ffleet import plan as plan_defaults  # standard library only: cheap to import here
+
     p = sub.add_parser("plan", help="jobs, time and cost of a cloud run: one Batch job per file vs batched")
     p.add_argument("request", help="path of the job request (JSON)")
     p.add_argument("--files", type=int, required=True, help="number of input files")
     p.add_argument("--mean-seconds", type=float, help="mean audio seconds per file (or from --calibration)")
     p.add_argument("--calibration", help="JSON written by `ffleet calibrate --json`")
     p.add_argument("--vcpus", type=int, default=256, help="vCPUs the compute environment may use at once (default 256)")
-    p.add_argument("--job-vcpus", type=int, default=4, help="vCPUs of one batched job (default 4)")
+    p.add_argument("--job-vcpus", type=int, default=plan_defaults.DEFAULT_JOB_VCPUS, help="vCPUs of one batched job (default %(default)s)")
     p.add_argument("--files-per-job", type=int, help="files per batched job (default: the one giving ~4 minute jobs)")
-    p.add_argument("--job-overhead-seconds", type=float, default=5.0, help="vCPU-seconds a job spends outside its files (assumed 5)")
-    p.add_argument("--file-io-seconds", type=float, default=0.05, help="S3 transfer seconds per file (assumed 0.05)")
+    p.add_argument("--job-overhead-seconds", type=float, default=plan_defaults.DEFAULT_JOB_OVERHEAD_SECONDS,
+                   help="vCPU-seconds a job spends outside its files: container and Python start (assumed %(default)s)")
+    p.add_argument("--file-io-seconds", type=float, default=plan_defaults.DEFAULT_FILE_IO_SECONDS,
+                   help="S3 transfer seconds per file (assumed %(default)s)")
     p.add_argument("--json", action="store_true", help='print {"one_job_per_file": {...}, "batched": {...}, ...}')
     p.set_defaults(func=cmd_plan)
     return parser

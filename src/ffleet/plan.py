@@ -237,6 +237,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _times(ratio: float | None) -> str:
+    if ratio is None:
+        return "n/a"
+    return f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
+
+
 def format_plan(plan: dict[str, Any]) -> str:
     one, bat, inp = plan["one_job_per_file"], plan["batched"], plan["inputs"]
     rec = plan["files_per_job_for_3_to_5_minute_jobs"]
@@ -272,7 +278,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     cmp = plan["batched_vs_one_job_per_file"]
     lines += [
         "",
-        f"batched: {cmp['fewer_jobs']:,}x fewer jobs, {cmp['faster']:,}x faster, {cmp['fewer_vcpu_hours']:,}x fewer vCPU-hours",
+        f"batched: {_times(cmp['fewer_jobs'])} fewer jobs, {_times(cmp['faster'])} faster, {_times(cmp['fewer_vcpu_hours'])} fewer vCPU-hours",
         f"files_per_job for 3-5 minute jobs on {inp['job_vcpus']} vCPUs: {rec['min']:,}-{rec['max']:,} (recommended {rec['recommended']:,})",
     ]
     if bat["concurrency_limited_by"] == "max_concurrency":
