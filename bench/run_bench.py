@@ -412,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         ratios["debian_ffleet_slowdown"] = med["ffleet_local_debian_ffmpeg"] / med[ff]
         ratios["static_saves_ms_per_file_in_ffleet"] = overhead_ms("ffleet_local_debian_ffmpeg", base=ff)
         ratios["static_saves_ms_per_file_plain_ffmpeg"] = overhead_ms("limit_debian_ffmpeg", base="limit")
+        ratios["static_saves_cpu_ms_per_file_in_ffleet"] = (med_cpu["ffleet_local_debian_ffmpeg"] - med_cpu[ff]) / n * 1000
+        ratios["static_saves_cpu_ms_per_file_plain_ffmpeg"] = (med_cpu["limit_debian_ffmpeg"] - med_cpu["limit"]) / n * 1000
         report["start_cost_ms"] = {
             "static_ffmpeg": start_cost_ms(bins.ffmpeg), "static_ffprobe": start_cost_ms(bins.ffprobe),
             "debian_ffmpeg": start_cost_ms(DEBIAN[0]), "debian_ffprobe": start_cost_ms(DEBIAN[1]),
@@ -471,6 +473,8 @@ def print_report(r: dict) -> None:
               f"Debian ffmpeg {s['debian_ffmpeg']:.1f} ms, ffprobe {s['debian_ffprobe']:.1f} ms")
         print(f"static build saves per file:         {q['static_saves_ms_per_file_in_ffleet']:.1f} ms in ffleet (ffmpeg + ffprobe), "
               f"{q['static_saves_ms_per_file_plain_ffmpeg']:.1f} ms for plain ffmpeg; Debian makes ffleet {q['debian_ffleet_slowdown']:.3f}x slower")
+        print(f"  in CPU time:                       {q['static_saves_cpu_ms_per_file_in_ffleet']:.1f} ms per file in ffleet, "
+              f"{q['static_saves_cpu_ms_per_file_plain_ffmpeg']:.1f} ms for plain ffmpeg")
     p = r["profile"]
     print(f"where ffleet's time goes per file (sequential, {p['files']} files, {p['total_ms_per_file']:.1f} ms each):")
     for k, v in sorted(p["ms_per_file"].items(), key=lambda kv: -kv[1]):

@@ -83,13 +83,20 @@ def _progress_bar(enabled: bool):
     return callback, close
 
 
+def _request_or_none(path: str):
+    """The request at `path`, or None after printing what is wrong with it."""
+    try:
+        return load_request(path)
+    except RequestError as exc:
+        _print_request_error(path, exc)
+        return None
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from ffleet.plan import PlanError, fleet_for, format_plan, make_plan, workload_from
 
-    try:
-        request = load_request(args.request)
-    except RequestError as exc:
-        _print_request_error(args.request, exc)
+    request = _request_or_none(args.request)
+    if request is None:
         return EXIT_INVALID
     try:
         calibration = json.loads(Path(args.calibration).read_text()) if args.calibration else None
@@ -110,10 +117,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ffleet.plan import PlanError, calibrate, format_calibration
     from ffleet.storage import StorageError
 
-    try:
-        request = load_request(args.request)
-    except RequestError as exc:
-        _print_request_error(args.request, exc)
+    request = _request_or_none(args.request)
+    if request is None:
         return EXIT_INVALID
     try:
         cal = calibrate(request, sample=args.sample, workers=args.workers)

@@ -61,7 +61,8 @@ DEFAULT_JOB_OVERHEAD_SECONDS = 5.0
 # Per-file time that is not FFmpeg's CPU: S3 round trips for HEAD/GET/PUT of a few MB.
 DEFAULT_FILE_IO_SECONDS = 0.05
 # CPU seconds per second of audio when nothing was calibrated: measured by bench/run_bench.py for
-# "-ac 1 -ar 48000" to FLAC over 30-60 s clips in wav/mp3/flac/opus/m4a (static ffmpeg 6.0, AMD EPYC).
+# "-ac 1 -ar 48000" to FLAC over 30-60 s clips in wav/mp3/flac/opus/m4a (static ffmpeg 6.0, AMD EPYC):
+# plain ffmpeg 0.0036, ffleet's worker with its ffprobe and bookkeeping 0.0042; rounded up.
 DEFAULT_CPU_SECONDS_PER_AUDIO_SECOND = 0.0045
 DEFAULT_JOB_VCPUS = 4
 # A key in a manifest or a Batch parameter, with JSON quoting: to say whether a batch could travel inline.
