@@ -233,3 +233,19 @@ def test_bench_micro_mode_runs_and_writes_its_results(tmp_path):
     # every scenario wrote one FLAC per input file
     for name in ("naive", "limit", "ffleet"):
         assert len(list((tmp_path / "work" / "out" / name).rglob("*.flac"))) == report["corpus"]["files"], name
+
+
+def test_calibrate_on_an_s3_endpoint_writes_nothing_to_the_output_bucket(s3_endpoint, tone_cache):
+    from ffleet.plan import calibrate
+    from ffleet.request import parse_request
+
+    s3_endpoint.create_bucket(Bucket="cal-in")
+    s3_endpoint.create_bucket(Bucket="cal-out")
+    for i, ext in enumerate((".mp3", ".opus", ".wav")):
+        s3_endpoint.upload_file(str(tone_cache(ext, 2.0)), "cal-in", f"media/clip {i}{ext}")
+    req = parse_request({**s3_request(), "input": {"s3_bucket": "cal-in", "s3_prefix": "media/"},
+                         "output": {"s3_bucket": "cal-out", "s3_prefix": "flac/", "extension": ".flac", "file_options": "-ac 1"}})
+    cal = calibrate(req, sample=2, client=s3_endpoint)
+    assert (cal["listed"], cal["sampled"], cal["succeeded"]) == (3, 2, 2), cal["failed"]
+    assert cal["mean_seconds"] == pytest.approx(2.0, abs=0.1)
+    assert s3_endpoint.list_objects_v2(Bucket="cal-out").get("KeyCount", 0) == 0
