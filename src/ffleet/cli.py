@@ -87,6 +87,52 @@ def _progress_bar(enabled: bool):
     return callback, close
 
 
+def _request_or_none(path: str):
+    """The request at `path`, or None after printing what is wrong with it."""
+    try:
+        return load_request(path)
+    except RequestError as exc:
+        _print_request_error(path, exc)
+        return None
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from ffleet.plan import PlanError, fleet_for, format_plan, make_plan, workload_from
+
+    request = _request_or_none(args.request)
+    if request is None:
+        return EXIT_INVALID
+    try:
+        calibration = json.loads(Path(args.calibration).read_text()) if args.calibration else None
+        workload = workload_from(args.files, args.mean_seconds, calibration, args.file_io_seconds)
+        fleet = fleet_for(request, args.vcpus, args.job_vcpus, args.job_overhead_seconds)
+        plan = make_plan(workload, fleet, args.files_per_job)
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"ffleet: cannot read --calibration {args.calibration}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except PlanError as exc:
+        print(f"ffleet plan: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ffleet.plan import PlanError, calibrate, format_calibration
+    from ffleet.storage import StorageError
+
+    request = _request_or_none(args.request)
+    if request is None:
+        return EXIT_INVALID
+    try:
+        cal = calibrate(request, sample=args.sample, workers=args.workers)
+    except (PlanError, StorageError, ValueError) as exc:
+        print(f"ffleet calibrate: cannot calibrate {args.request}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(json.dumps(cal, indent=2) if args.json else format_calibration(cal))
+    return EXIT_OK if cal["succeeded"] else EXIT_FAILURES
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffleet", description="Process many media files with FFmpeg.")
     parser.add_argument("--version", action="version", version=f"ffleet {__version__}")
@@ -102,6 +148,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary object as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("calibrate", help="time the request's transform on a sample of its inputs (writes nothing to its output)")
+    p.add_argument("request", help="path of the job request (JSON)")
+    p.add_argument("--sample", type=int, default=10, help="files to try, spread over the listing (default 10)")
+    p.add_argument("--workers", type=int, default=1, help="files at once (default 1: clean per-file figures)")
+    p.add_argument("--json", action="store_true", help="print JSON (what `ffleet plan --calibration` reads)")
+    p.set_defaults(func=cmd_calibrate)
+
+    from ffleet import plan as plan_defaults  # standard library only: cheap to import here
+
+    p = sub.add_parser("plan", help="jobs, time and cost of a cloud run: one Batch job per file vs batched")
+    p.add_argument("request", help="path of the job request (JSON)")
+    p.add_argument("--files", type=int, required=True, help="number of input files")
+    p.add_argument("--mean-seconds", type=float, help="mean audio seconds per file (or from --calibration)")
+    p.add_argument("--calibration", help="JSON written by `ffleet calibrate --json`")
+    p.add_argument("--vcpus", type=int, default=256, help="vCPUs the compute environment may use at once (default 256)")
+    p.add_argument("--job-vcpus", type=int, default=plan_defaults.DEFAULT_JOB_VCPUS, help="vCPUs of one batched job (default %(default)s)")
+    p.add_argument("--files-per-job", type=int, help="files per batched job (default: the one giving ~4 minute jobs)")
+    p.add_argument("--job-overhead-seconds", type=float, default=plan_defaults.DEFAULT_JOB_OVERHEAD_SECONDS,
+                   help="vCPU-seconds a job spends outside its files: container and Python start (assumed %(default)s)")
+    p.add_argument("--file-io-seconds", type=float, default=plan_defaults.DEFAULT_FILE_IO_SECONDS,
+                   help="S3 transfer seconds per file (assumed %(default)s)")
+    p.add_argument("--json", action="store_true", help='print {"one_job_per_file": {...}, "batched": {...}, ...}')
+    p.set_defaults(func=cmd_plan)
 
     def cmd_worker(args: argparse.Namespace) -> int:  # imported on use: the other commands need none of it
         from ffleet.batch_worker import cmd_worker as run_worker

@@ -56,6 +56,10 @@ class LocalStorage:
     def uri(self, key: str) -> str:
         return str(self.root / key)
 
+    def local_path(self, key: str) -> Path:
+        """The absolute path of a key, for readers that can open it in place (refuses keys that escape)."""
+        return self._path(key)
+
     def list(self, prefix: str = "") -> Iterator[ListedObject]:
         if not self.root.is_dir():
             raise StorageError(f"input folder {self.root} does not exist")
