@@ -275,7 +275,7 @@ def test_buckets_are_locked_down(template):
         assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
 
 
-def test_job_definitions_run_the_worker_and_retry_only_spot_reclaim(template):
+def test_job_definitions_run_the_worker_and_retry_only_spot_reclaim_and_infrastructure_faults(template):
     defs = _resources(template, "AWS::Batch::JobDefinition")
     assert len(defs) == len(COMPUTE_TYPES)
     for name, jd in defs.items():
@@ -286,6 +286,10 @@ def test_job_definitions_run_the_worker_and_retry_only_spot_reclaim(template):
         assert rules[0] == {"OnStatusReason": "Host EC2*", "Action": "RETRY"}
         assert rules[-1] == {"OnReason": "*", "Action": "EXIT"}
         assert all(r["Action"] == "RETRY" for r in rules[:-1])
+        # `ffleet worker` exits 1 only for infrastructure faults (docs/contracts.md); 2 (an invalid
+        # batch) and anything else must not be retried
+        assert {"OnExitCode": "1", "Action": "RETRY"} in rules, name
+        assert not any(r.get("OnExitCode") not in (None, "1") for r in rules), name
         kinds = {r["Type"] for r in p["ContainerProperties"]["ResourceRequirements"]}
         assert {"VCPU", "MEMORY"} <= kinds
         assert ("GPU" in kinds) == (name == "NvidiaJobDefinition")
