@@ -19,10 +19,8 @@ def _print_request_error(path: str, exc: RequestError) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    try:
-        request = load_request(args.request)
-    except RequestError as exc:
-        _print_request_error(args.request, exc)
+    request = _request_or_none(args.request)
+    if request is None:
         return EXIT_INVALID
     print(json.dumps(request.to_json_dict(), indent=2, ensure_ascii=False))
     return EXIT_OK
@@ -33,10 +31,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ffleet.runner import ResultsNotSaved, run_request
     from ffleet.storage import StorageError
 
-    try:
-        request = load_request(args.request)
-    except RequestError as exc:
-        _print_request_error(args.request, exc)
+    request = _request_or_none(args.request)
+    if request is None:
         return EXIT_INVALID
     progress, close = _progress_bar(enabled=not args.no_progress)
     try:
