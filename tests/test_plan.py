@@ -249,3 +249,27 @@ def test_calibrate_on_an_s3_endpoint_writes_nothing_to_the_output_bucket(s3_endp
     assert (cal["listed"], cal["sampled"], cal["succeeded"]) == (3, 2, 2), cal["failed"]
     assert cal["mean_seconds"] == pytest.approx(2.0, abs=0.1)
     assert s3_endpoint.list_objects_v2(Bucket="cal-out").get("KeyCount", 0) == 0
+
+
+def test_transition_counts_match_the_shipped_state_machine():
+    """The planner's transition constants are the states the shipped ASL really enters."""
+    import re
+
+    from conftest import REPO
+
+    text = re.sub(r"\$\{[A-Za-z]+\}", "1", (REPO / "statemachine" / "pipeline.asl.json").read_text())
+    top = json.loads(text)["States"]
+    prefix_map = top["Process prefix"]
+    child = prefix_map["ItemProcessor"]
+    # a succeeded child walks from StartAt to the first End, skipping the Catch branch
+    walked, name = [], child["StartAt"]
+    while name:
+        walked.append(name)
+        state = child["States"][name]
+        name = None if state.get("End") else state["Next"]
+    assert len(walked) == P.TRANSITIONS_PER_CHILD_BATCHED, walked
+    # the parent: compute choice, its queue, source choice, the map, summarize, map check, done
+    parent = ["Choose compute", "Use intel queue", "Prefix or manifest?", "Process prefix", "Summarize run",
+              "Did the map finish?", "Done"]
+    assert all(s in top for s in parent)
+    assert len(parent) == P.TRANSITIONS_PER_EXECUTION

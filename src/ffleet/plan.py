@@ -42,12 +42,15 @@ S3_USD_PER_GET = 0.0004 / 1000
 # ---------------------------------------------------------------------------------------------
 # ffleet's own shape (see statemachine/ and docs/contracts.md) and modelling assumptions.
 
-# State transitions per Distributed Map child: one file per job is a single "Submit FFmpeg batch job"
-# task with the key inline; a batched child first writes its batch object to S3, then submits.
+# State transitions per Distributed Map child. One file per job (the original sample) is a single
+# "SubmitJob" task. ffleet's child (statemachine/pipeline.asl.json, kept in sync by
+# tests/test_plan.py) names the batch, locates its object, writes it to S3, submits the job and
+# records the outcome: five states.
 TRANSITIONS_PER_CHILD_ONE_FILE = 1
-TRANSITIONS_PER_CHILD_BATCHED = 2
-# The parent execution: start, the map itself, summarize, end (a constant, whatever the file count).
-TRANSITIONS_PER_EXECUTION = 4
+TRANSITIONS_PER_CHILD_BATCHED = 5
+# The parent execution: choose compute, use its queue, choose the source, the map, summarize,
+# check the map's result, done (a constant, whatever the file count).
+TRANSITIONS_PER_EXECUTION = 7
 # S3 requests per file: HEAD on the output (skip if done), HEAD + GET of the input (boto3's
 # download_file), PUT of the output. Per batched job: PUT + GET of the batch object, PUT of its records.
 S3_GET_HEAD_PER_FILE = 3
