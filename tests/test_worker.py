@@ -1,5 +1,4 @@
 """The worker with real FFmpeg: good files convert and verify; each kind of bad file fails alone, with a reason."""
-import os
 import shutil
 import stat
 import sys

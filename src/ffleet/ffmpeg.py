@@ -60,7 +60,6 @@ class ProcessResult:
     wall_seconds: float
     cpu_seconds: float
     timed_out: bool = False
-    cancelled: bool = False
 
 
 class ProcessRegistry:
@@ -168,7 +167,6 @@ def run_process(
         wall_seconds=time.monotonic() - start,
         cpu_seconds=usage.ru_utime + usage.ru_stime,
         timed_out=timed_out.is_set(),
-        cancelled=registry is not None and registry.stopping.is_set() and proc.returncode < 0,
     )
 
 

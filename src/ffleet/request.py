@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import posixpath
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -349,10 +348,3 @@ def load_request(path: str | Path) -> JobRequest:
         raise RequestError([("(request)", f"cannot read {p}: {exc.strerror}")]) from None
     return parse_request_text(text, source=str(p))
 
-
-def safe_key(key: str) -> str:
-    """Normalised posix key; refuses keys that would escape a local folder."""
-    norm = posixpath.normpath(key)
-    if norm.startswith("../") or norm == ".." or norm.startswith("/"):
-        raise ValueError(f"key {key!r} escapes its folder")
-    return key

@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator
 
 SUCCEEDED, FAILED, SKIPPED, REJECTED, NOT_DONE = "succeeded", "failed", "skipped", "rejected", "not_done"
-STATUSES = (SUCCEEDED, FAILED, SKIPPED, REJECTED, NOT_DONE)
 
 # Failure reason classes. A reason says whose fault it is: the file's (retrying will not help)
 # or the infrastructure's (a retry may).
