@@ -18,8 +18,11 @@ FORMATS = {
 }
 
 
-def make_tone(path: Path, seconds: float, ext: str | None = None, freq: int = 440, rate: int = 44100, channels: int = 2) -> Path:
-    """Write a sine tone of `seconds` to `path`, encoded as its extension says."""
+def make_tone(
+    path: Path, seconds: float, ext: str | None = None, freq: int = 440, rate: int = 44100, channels: int = 2,
+    volume: float = 1.0,
+) -> Path:
+    """Write a sine tone of `seconds` to `path`, encoded as its extension says (volume > 8 clips)."""
     binaries = find_binaries()
     ext = ext or path.suffix
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,7 +30,7 @@ def make_tone(path: Path, seconds: float, ext: str | None = None, freq: int = 44
     argv = [
         binaries.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi",
         "-i", f"sine=frequency={freq}:sample_rate={rate}:duration={seconds}",
-        "-af", f"aformat=channel_layouts={layout}", *FORMATS[ext], "-y", str(path),
+        "-af", f"volume={volume},aformat=channel_layouts={layout}", *FORMATS[ext], "-y", str(path),
     ]
     subprocess.run(argv, check=True)
     return path
@@ -54,9 +57,12 @@ def make_corpus(folder: Path, count: int = 20, seconds: tuple[float, float] = (3
         sub = ("speech/", "music/", "field rec/")[i % 3]
         name = f"clip {i:04d}+take{ext}" if i % 7 == 3 else f"clip-{i:04d}{ext}"
         secs = seconds[0] + (seconds[1] - seconds[0]) * ((i * 37) % 100) / 100
-        jobs.append((folder / sub / name, round(secs, 2), ext, 220 + 20 * (i % 30)))
+        # a spread of levels, so the dataset card has something to show: some quiet files, one
+        # driven into clipping (lavfi's sine peaks at 1/8 of full scale)
+        volume = 12.0 if i % 11 == 7 else (0.1 if i % 4 == 1 else 1.0 + (i % 3))
+        jobs.append((folder / sub / name, round(secs, 2), ext, 220 + 20 * (i % 30), volume))
     with ThreadPoolExecutor(max_workers=4) as pool:
-        paths = list(pool.map(lambda j: make_tone(j[0], j[1], j[2], j[3]), jobs))
+        paths = list(pool.map(lambda j: make_tone(j[0], j[1], j[2], j[3], volume=j[4]), jobs))
     if broken:
         bad = folder / "broken"
         bad.mkdir(exist_ok=True)
