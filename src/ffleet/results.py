@@ -16,6 +16,11 @@ FILE_REASONS = (
 )
 INFRA_REASONS = ("storage_error", "interrupted", "batch_job_failed", "internal_error")
 
+# The files every run writes beside its results, locally and in the cloud (docs/contracts.md).
+RECORDS_FILE = "records.jsonl"  # a local run's per-file records (a cloud run has records/<batch_id>.jsonl)
+SUMMARY_FILE = "summary.json"
+FAILED_FILE = "failed-files.jsonl"
+
 SUMMARY_FAILURE_LIST_LIMIT = 100  # the summary lists this many; failed-files.jsonl has them all
 
 

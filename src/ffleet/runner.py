@@ -17,13 +17,12 @@ from typing import Callable
 from ffleet.inventory import list_items
 from ffleet.report import REPORT_FILE, render_html
 from ffleet.request import JobRequest
-from ffleet.results import FAILED, NOT_DONE, ItemResult, SummaryBuilder, failed_manifest_line
+from ffleet.results import (
+    FAILED, FAILED_FILE, NOT_DONE, RECORDS_FILE, SUMMARY_FILE, ItemResult, SummaryBuilder, failed_manifest_line,
+)
 from ffleet.storage import LocalStorage, StorageError, results_storage
 from ffleet.worker import WorkContext, default_workers, run_items
 
-RECORDS_FILE = "records.jsonl"
-SUMMARY_FILE = "summary.json"
-FAILED_FILE = "failed-files.jsonl"
 
 
 class ResultsNotSaved(StorageError):

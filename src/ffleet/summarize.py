@@ -17,14 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ffleet.report import REPORT_FILE, render_html
 from ffleet.results import (
-    FAILED, NOT_DONE, SUCCEEDED, ItemResult, SummaryBuilder, failed_manifest_line, read_records,
+    FAILED, FAILED_FILE, NOT_DONE, RECORDS_FILE, SUMMARY_FILE, SUCCEEDED, ItemResult, SummaryBuilder, failed_manifest_line,
+    read_records,
 )
 from ffleet.storage import LocalStorage, NotFound, S3Storage, Storage, StorageError, open_location, split_s3_uri
 
 
-SUMMARY_FILE = "summary.json"
-FAILED_FILE = "failed-files.jsonl"
-LOCAL_RECORDS_FILE = "records.jsonl"  # the local runner's layout (runner.RECORDS_FILE)
 RECORDS_DIR = "records/"
 BATCHES_DIR = "batches/"
 MANIFEST_FILE = "manifest.json"
@@ -642,7 +640,7 @@ def summarize_local_run(folder: str | Path, tolerated_failure_percent: float | N
             previous = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise SummarizeError(f"{folder / SUMMARY_FILE}: not JSON ({exc.msg})") from None
-    builder = SummaryBuilder().add_all(iter_records(store, LOCAL_RECORDS_FILE))
+    builder = SummaryBuilder().add_all(iter_records(store, RECORDS_FILE))
     summary = builder.summary(
         wall_seconds=float(previous.get("wall_seconds") or 0.0),
         tolerated_failure_percent=(
@@ -664,7 +662,7 @@ def summarize_location(location: str, *, s3_client=None, write: bool = False, re
             results_prefix = posixpath.dirname(posixpath.dirname(location.rstrip("/"))) + "/"
         manifest_uri: str | None = location
     else:
-        if not location.startswith("s3://") and (Path(location) / LOCAL_RECORDS_FILE).is_file():
+        if not location.startswith("s3://") and (Path(location) / RECORDS_FILE).is_file():
             return summarize_local_run(location, tolerated_failure_percent)
         results_prefix = results_prefix or location
         manifest_uri = _find_manifest(results_prefix, s3_client)
@@ -673,10 +671,10 @@ def summarize_location(location: str, *, s3_client=None, write: bool = False, re
         if not folder.is_dir():
             raise SummarizeError(f"{results_prefix} is not a results folder")
         if manifest_uri is None and not (folder / RECORDS_DIR).is_dir():
-            runs = sorted(p.parent.name for p in folder.glob(f"*/{LOCAL_RECORDS_FILE}"))[-5:]
+            runs = sorted(p.parent.name for p in folder.glob(f"*/{RECORDS_FILE}"))[-5:]
             hint = f"; runs in it: {', '.join(runs)}" if runs else ""
             raise SummarizeError(
-                f"{folder} holds no {LOCAL_RECORDS_FILE} (a local run), records/ or */{MANIFEST_FILE} (a cloud run){hint}"
+                f"{folder} holds no {RECORDS_FILE} (a local run), records/ or */{MANIFEST_FILE} (a cloud run){hint}"
             )
     tolerance = tolerated_failure_percent
     if tolerance is None:
