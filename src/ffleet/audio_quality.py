@@ -33,6 +33,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from ffleet.ffmpeg import parse_time
+
 if TYPE_CHECKING:
     from ffleet.request import JobRequest
     from ffleet.results import ItemResult
@@ -91,12 +93,10 @@ def _trim_filter(output_tokens: list[str]) -> str:
     Not as output options: FFmpeg applies those after the output's filters, at frame granularity,
     so the analysis filters would see up to a frame (~0.1 s) more than is written.
     """
-    from ffleet.worker import _seconds  # FFmpeg time syntax ("00:01:30") -> seconds; lazy: worker imports us
-
     names = {"-ss": "start", "-t": "duration", "-to": "end"}
     opts = []
     for i, tok in enumerate(output_tokens[:-1]):
-        seconds = _seconds(output_tokens[i + 1]) if tok in names else None
+        seconds = parse_time(output_tokens[i + 1]) if tok in names else None
         if seconds is not None:  # in seconds: a ':' would need escaping at two levels of filter syntax
             opts.append(f"{names[tok]}=" + f"{seconds:.6f}".rstrip("0").rstrip("."))
     return f"atrim@ffleet_trim={':'.join(opts)}," if opts else ""

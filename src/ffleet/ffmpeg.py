@@ -191,6 +191,22 @@ class InputInfo:
         return "audio" in self.stream_types
 
 
+def parse_time(value: str) -> float | None:
+    """FFmpeg time syntax: '90', '1.5', '00:01:30', '01:30.5'."""
+    try:
+        parts = [float(p) for p in value.split(":")]
+    except ValueError:
+        m = re.match(r"^([\d.]+)(ms|us|s)?$", value)
+        if not m:
+            return None
+        scale = {"ms": 1e-3, "us": 1e-6}.get(m.group(2) or "s", 1.0)
+        return float(m.group(1)) * scale
+    total = 0.0
+    for p in parts:
+        total = total * 60 + p
+    return total
+
+
 def parse_input_info(stderr: str) -> InputInfo:
     info = InputInfo()
     start = stderr.find("Input #0")

@@ -15,7 +15,8 @@ from typing import Callable, Iterable, Iterator
 
 from ffleet import audio_quality
 from ffleet.ffmpeg import (
-    Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, probe, run_process,
+    Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, probe,
+    run_process,
 )
 from ffleet.keys import output_key
 from ffleet.request import JobRequest
@@ -34,22 +35,6 @@ _NOT_ON_WHITELIST = re.compile(r"^\[(\w+) @ [^\]]+\] Format not on whitelist", r
 _NO_SPACE = re.compile(r"No space left on device", re.I)
 
 
-def _seconds(value: str) -> float | None:
-    """FFmpeg time syntax: '90', '1.5', '00:01:30', '01:30.5'."""
-    try:
-        parts = [float(p) for p in value.split(":")]
-    except ValueError:
-        m = re.match(r"^([\d.]+)(ms|us|s)?$", value)
-        if not m:
-            return None
-        scale = {"ms": 1e-3, "us": 1e-6}.get(m.group(2) or "s", 1.0)
-        return float(m.group(1)) * scale
-    total = 0.0
-    for p in parts:
-        total = total * 60 + p
-    return total
-
-
 def expected_duration(input_duration: float | None, tokens: dict[str, list[str]]) -> float | None:
     """The output duration -ss/-t/-to imply (options may sit on the input or the output)."""
     if input_duration is None:
@@ -60,11 +45,11 @@ def expected_duration(input_duration: float | None, tokens: dict[str, list[str]]
         for i, tok in enumerate(toks[:-1]):
             base = tok.split(":")[0]
             if base == "-ss":
-                ss = (ss or 0) + (_seconds(toks[i + 1]) or 0)
+                ss = (ss or 0) + (parse_time(toks[i + 1]) or 0)
             elif base == "-t":
-                t = _seconds(toks[i + 1])
+                t = parse_time(toks[i + 1])
             elif base == "-to":
-                to = _seconds(toks[i + 1])
+                to = parse_time(toks[i + 1])
     start = ss or 0.0
     end = input_duration
     if to is not None:
