@@ -1,11 +1,15 @@
-"""Extra CPU of the analysis branch (ffleet.audio_quality): the same conversions with and without it.
+"""Extra CPU of the audio measurements (ffleet.audio_quality): the same conversions with and without them.
 
-Runs each conversion three ways (no analysis; analysis with sample peak; full analysis with true
-peak), interleaved in rotating order so machine load hits all alike, and prints the CPU-time ratios
-(FFmpeg's own CPU time from wait4). With --worker it times the whole worker per file instead
-(ffleet.worker.process_item: FFmpeg plus the ffprobe that verifies the output), which is what a
-Batch job pays per file. Usage:
-    python bench/analysis_overhead.py [--files 8] [--seconds 60] [--rounds 3] [--options "-ac 1 -ar 16000"] [--ext .flac] [--worker]
+Runs each conversion five ways, interleaved in rotating order so machine load hits all alike, and
+prints the CPU-time ratios (FFmpeg's own CPU time from wait4):
+  no analysis;
+  measure_at output (the default), true_peak false and true;
+  measure_at source, true_peak false and true.
+With --worker it times the whole worker per file instead (ffleet.worker.process_item: FFmpeg plus
+the ffprobe that verifies the output), which is what a Batch job pays per file. --source mp3 makes
+the inputs 128 kb/s MP3 (a compressed source costs more to decode) instead of 16-bit WAV. Usage:
+    python bench/analysis_overhead.py [--files 8] [--seconds 60] [--rounds 3] [--options "-ac 1 -ar 16000"]
+                                      [--ext .flac] [--source wav|mp3] [--worker]
 """
 from __future__ import annotations
 
@@ -23,24 +27,27 @@ from ffleet.storage import ListedObject, LocalStorage  # noqa: E402
 from ffleet.worker import WorkContext, process_item  # noqa: E402
 
 
-def make_inputs(folder: Path, files: int, seconds: float) -> list[Path]:
-    """Speech-like test audio: a tone with noise, 44.1 kHz stereo s16 WAV (a common source format)."""
+def make_inputs(folder: Path, files: int, seconds: float, source: str = "wav") -> list[Path]:
+    """Speech-like test audio: a tone with noise, 44.1 kHz stereo, as s16 WAV or 128 kb/s MP3."""
     ff = find_binaries().ffmpeg
     paths = []
     for i in range(files):
-        p = folder / f"in{i}.wav"
+        p = folder / f"in{i}.{source}"
         expr = f"0.3*sin(2*PI*{200 + 37 * i}*t)*(0.5+0.5*sin(2*PI*0.7*t))+0.05*(random(0)-0.5)"
         run_process([ff, "-hide_banner", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
-                     f"aevalsrc='{expr}|{expr}':s=44100:d={seconds}", "-c:a", "pcm_s16le", "-y", str(p)], timeout=300)
+                     f"aevalsrc='{expr}|{expr}':s=44100:d={seconds}",
+                     *(["-c:a", "pcm_s16le"] if source == "wav" else ["-c:a", "libmp3lame", "-b:a", "128k"]),
+                     "-y", str(p)], timeout=300)
         paths.append(p)
     return paths
 
 
-def context(folder: Path, options: str, ext: str, measure: bool, true_peak: bool = True) -> WorkContext:
-    out = folder / f"out-{measure}-{true_peak}"
+def context(folder: Path, options: str, ext: str, measure: bool, true_peak: bool = True, at: str = "output"
+            ) -> WorkContext:
+    out = folder / f"out-{measure}-{true_peak}-{at}"
     req = parse_request({"name": "bench", "input": {"path": str(folder / "in")},
                          "output": {"path": str(out), "file_options": options, "extension": ext, "overwrite": True},
-                         "quality": {"measure": measure, "true_peak": true_peak}})
+                         "quality": {"measure": measure, "true_peak": true_peak, "measure_at": at}})
     return WorkContext(request=req, input_store=LocalStorage(folder / "in"), output_store=LocalStorage(out),
                        work_dir=folder)
 
@@ -52,15 +59,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--options", default="-ac 1 -ar 16000")
     ap.add_argument("--ext", default=".flac")
+    ap.add_argument("--source", choices=["wav", "mp3"], default="wav")
     ap.add_argument("--worker", action="store_true", help="time process_item (FFmpeg + ffprobe) per file")
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ffleet-bench-"))
     try:
         (folder / "in").mkdir()
-        inputs = make_inputs(folder / "in", args.files, args.seconds)
+        inputs = make_inputs(folder / "in", args.files, args.seconds, args.source)
         ways = [("plain", context(folder, args.options, args.ext, False)),
-                ("sample_peak", context(folder, args.options, args.ext, True, true_peak=False)),
-                ("full", context(folder, args.options, args.ext, True))]
+                ("output_sample_peak", context(folder, args.options, args.ext, True, true_peak=False)),
+                ("output_true_peak", context(folder, args.options, args.ext, True)),
+                ("source_sample_peak", context(folder, args.options, args.ext, True, true_peak=False, at="source")),
+                ("source_true_peak", context(folder, args.options, args.ext, True, at="source"))]
+        for name, ctx in ways[1:3]:
+            if ctx.measure_tap(folder / f"x{args.ext}") is None:
+                sys.exit(f"{name}: these options fall back to measuring the source; nothing to compare")
         cpu = {name: 0.0 for name, _ in ways}
         for r in range(args.rounds):
             for i, src in enumerate(inputs):
@@ -77,10 +90,13 @@ def main() -> None:
                     cpu[name] += res.cpu_seconds
         audio_s = args.files * args.seconds * args.rounds
         what = "whole worker per file (FFmpeg + ffprobe)" if args.worker else "FFmpeg only"
-        print(f"conversion: {args.options!r} -> {args.ext}, {args.files} files x {args.seconds:g} s x {args.rounds} rounds; {what}")
-        labels = {"plain": "no analysis", "sample_peak": "analysis, true_peak false", "full": "analysis (default)"}
+        print(f"conversion: {args.source} 44.1 kHz stereo, {args.options!r} -> {args.ext}, "
+              f"{args.files} files x {args.seconds:g} s x {args.rounds} rounds; {what}")
+        labels = {"plain": "no analysis", "output_sample_peak": "output, true_peak false",
+                  "output_true_peak": "output, true_peak (default)", "source_sample_peak": "source, true_peak false",
+                  "source_true_peak": "source, true_peak"}
         for name, _ in ways:
-            line = f"{labels[name]:27s} CPU {cpu[name]:7.2f} s  ({cpu[name] / audio_s * 3600:6.1f} s per audio hour)"
+            line = f"{labels[name]:28s} CPU {cpu[name]:7.2f} s  ({cpu[name] / audio_s * 3600:6.1f} s per audio hour)"
             if name != "plain":
                 ratio = cpu[name] / cpu["plain"]
                 line += f"  ratio {ratio:.3f} (extra CPU {100 * (ratio - 1):+.1f}%)"

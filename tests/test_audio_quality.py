@@ -62,10 +62,18 @@ def _run(tmp_path: Path, inputs: Path, **kw) -> tuple[dict, dict[str, dict]]:
     return outcome.summary, records
 
 
-@pytest.fixture(scope="module")
-def measured(signals, tmp_path_factory) -> tuple[dict, dict[str, dict]]:
+# Where the analysis sits, and a conversion under which the measured samples equal the source's, so
+# the expected values below hold exactly: "output" taps the written audio (here 48 kHz mono, as the
+# source), "source" analyses the decoded input while the output is resampled.
+MODES = {"output": "-ac 1", "source": "-ac 1 -ar 16000"}
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def measured(request, signals, tmp_path_factory) -> tuple[dict, dict[str, dict]]:
     """One run with measurements asked for and no filters: every file succeeds and carries its measurements."""
-    return _run(tmp_path_factory.mktemp("measured"), signals, quality={"measure": True})
+    mode = request.param
+    return _run(tmp_path_factory.mktemp(f"measured-{mode}"), signals, options=MODES[mode],
+                quality={"measure": True, "measure_at": mode})
 
 
 # --- each property within a stated tolerance ------------------------------------------------------
@@ -85,8 +93,9 @@ def test_every_file_succeeds_with_measurements(measured):
         audio = rec["extra"]["audio"]
         assert rec["status"] == SUCCEEDED, rec
         assert audio["sample_rate"] == RATE and audio["channels"] == 1 and audio["codec"] == "pcm_s16le", key
-        # the output is described separately (ffprobe), after -ac 1 -ar 16000
-        assert rec["sample_rate"] == 16000 and rec["codec"] == "flac"
+        # the output is described separately (ffprobe)
+        mode = audio["measured_at"]
+        assert rec["sample_rate"] == (16000 if mode == "source" else RATE) and rec["codec"] == "flac"
 
 
 @pytest.mark.parametrize("name", list(SIGNALS))
@@ -196,23 +205,131 @@ def test_measures_the_source_over_the_written_span(signals, tmp_path):
     _, records = _run(tmp_path, inputs, options="-af volume=-12dB -ss 0.5 -t 00:01", quality={"measure": True})
     rec = records["clean.wav"]
     assert rec["status"] == SUCCEEDED
+    assert rec["extra"]["audio"]["measured_at"] == "source"  # output -ss/-t: the tap falls back to the source
     assert rec["extra"]["audio"]["duration"] == pytest.approx(1.0, abs=0.01)
     assert rec["duration_out"] == pytest.approx(1.0, abs=0.05)
     assert rec["extra"]["audio"]["lufs"] == pytest.approx(-23.0, abs=0.5)
 
 
 def test_measure_false_leaves_the_argv_alone(tmp_path):
-    on = WorkContext.for_request(parse_request(_request(tmp_path, tmp_path / "in", quality={"measure": True})),
-                                 work_dir=tmp_path / "w")
-    off = WorkContext.for_request(parse_request(_request(tmp_path, tmp_path / "in", quality={"measure": False})),
-                                  work_dir=tmp_path / "w")
-    argv_on, argv_off = on.ffmpeg_argv(Path("a.wav"), Path("b.flac")), off.ffmpeg_argv(Path("a.wav"), Path("b.flac"))
-    assert argv_on[-3:] == ["-f", "null", "-"]
-    assert argv_on[: len(argv_off)] == argv_off  # the converted output's part is unchanged
-    assert "null" not in argv_off
+    def argv(**quality):
+        req = parse_request(_request(tmp_path, tmp_path / "in", quality=quality))
+        return WorkContext.for_request(req, work_dir=tmp_path / "w").ffmpeg_argv(Path("a.wav"), Path("b.flac"))
+
+    off, source, output = argv(measure=False), argv(measure=True, measure_at="source"), argv(measure=True)
+    assert "null" not in off and "-filter_complex" not in off
+    # source: a second output appended; the converted output's part is unchanged
+    assert source[-3:] == ["-f", "null", "-"] and source[: len(off)] == off
+    # output: the audio chain moves into a graph that ends in the analysis; the rest is the user's
+    graph = output[output.index("-filter_complex") + 1]
+    # ending in the aformat FFmpeg itself would append for a FLAC output (s16|s32)
+    assert graph.startswith("[0:a:0]aformat@ffleet_format=sample_fmts=s16|s32:sample_rates=16000:channel_layouts=mono,"
+                            "asplit=2[ffleet_out][ffleet_measure];")
+    assert graph.endswith(",anullsink")
+    assert output[-8:] == ["-map", "[ffleet_out]", "-ac", "1", "-ar", "16000", "-y", "b.flac"]
     an = WorkContext.for_request(parse_request(_request(tmp_path, tmp_path / "in", options="-an", quality={"measure": True})),
                                  work_dir=tmp_path / "w")
     assert an.measuring is False  # nothing to measure when the output drops audio
+
+
+@pytest.mark.parametrize("options, ext", [
+    ("-ac 1 -ar 16000", ".flac"),
+    ("-af volume=-6dB,highpass=f=80 -ar 22050", ".wav"),
+    ("-af volume=-6dB,highpass=f=80 -ar 22050", ".flac"),  # s16|s32: the format FFmpeg picks must not move
+    ("-af loudnorm -ar 16000", ".flac"),
+    ("-af volume=-6dB", ".opus"),  # libopus's list of rates
+    ("-vn -ac 1 -c:a libmp3lame -b:a 64k", ".mp3"),
+    ("-map 0:a:0 -ac 2 -ar 24000 -c:a libopus -b:a 32k", ".opus"),
+])
+def test_output_tap_writes_the_same_audio(signals, tmp_path, options, ext):
+    """Measuring at the output must not change a single decoded sample of what is written."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("clipped", "dc"):
+        (inputs / f"{name}.wav").write_bytes((signals / f"{name}.wav").read_bytes())
+    ff = find_binaries().ffmpeg
+
+    def decoded_md5s(quality: dict, out: str) -> dict[str, str]:
+        req = {"name": "tap", "input": {"path": str(inputs)},
+               "output": {"path": str(tmp_path / out), "extension": ext, "file_options": options}, "quality": quality}
+        outcome = run_request(parse_request(req), workers=2)
+        assert outcome.summary["files"]["succeeded"] == 2, outcome.summary
+        return {p.name: subprocess.run([ff, "-v", "error", "-i", str(p), "-map", "0:a", "-f", "md5", "-"],
+                                       capture_output=True, text=True, check=True).stdout
+                for p in sorted((tmp_path / out).glob(f"*{ext}"))}
+
+    plain = decoded_md5s({"measure": False}, "plain")
+    tapped = decoded_md5s({"measure": True}, "tapped")
+    assert len(plain) == 2 and plain == tapped
+    records = (tmp_path / "tapped.ffleet-results").glob("*/records.jsonl")
+    for line in next(records).read_text().splitlines():
+        assert json.loads(line)["extra"]["audio"]["measured_at"] == "output"
+
+
+def test_output_tap_measures_the_written_file(signals, tmp_path):
+    """Resampled to 16 kHz: the sines keep their loudness, and the clipping counted is the written file's."""
+    _, records = _run(tmp_path, signals, quality={"measure": True})  # default: -ac 1 -ar 16000, at the output
+    for name, lufs in [("loud", 20 * math.log10(0.9) - 3.01), ("clean", -23.01), ("quiet", -49.03)]:
+        assert records[f"{name}.wav"]["extra"]["audio"]["lufs"] == pytest.approx(lufs, abs=0.5), name
+    for name, (_, seconds) in SIGNALS.items():
+        audio = records[f"{name}.wav"]["extra"]["audio"]
+        assert audio["measured_at"] == "output" and audio["duration"] == pytest.approx(seconds, abs=0.01), name
+    assert records["dc.wav"]["extra"]["audio"]["dc_offset"] == pytest.approx(0.1, abs=0.002)
+    assert records["near_silent.wav"]["extra"]["audio"]["silence_ratio"] == pytest.approx(0.75, abs=0.03)
+    clipped = records["clipped.wav"]["extra"]["audio"]
+    # an independent astats run over the written FLAC counts the same samples at full scale
+    written = subprocess.run(
+        [find_binaries().ffmpeg, "-hide_banner", "-nostdin", "-i", str(tmp_path / "out" / "clipped.flac"), "-af",
+         "astats=metadata=0:measure_perchannel=none:measure_overall=Peak_count", "-f", "null", "-"],
+        capture_output=True, text=True, check=True).stderr
+    assert clipped["clipped"] is True
+    assert clipped["clipped_samples"] == int(float(written.split("Peak count:")[1].split()[0]))
+
+
+@pytest.mark.parametrize("options, ext", [
+    ("-ss 0.5 -ac 1", ".flac"),  # output timing acts after any graph
+    ("-t 2", ".flac"),
+    ("-map 0:a", ".flac"),  # every audio stream, not one
+    ("-map 0:a:0 -map 0:a:1", ".flac"),
+    ("-ac 6", ".flac"),  # a layout the rewrite does not spell
+    ("-ch_layout 5.1", ".flac"),
+    ("-af [in]volume=2", ".flac"),  # labels: not a plain chain
+    ("-af volume=2 -filter:a volume=3", ".flac"),
+    ("-ar:a:0 16000", ".flac"),
+    ("-ac 1", ".mp4"),  # a video-capable container without -vn could carry video
+    ("-ac 1 -f matroska", ".flac"),
+    ("-shortest -ac 1", ".flac"),
+    ("-c:a copy", ".flac"),  # stream copy decodes nothing to measure
+    ("-ac 1", ".xyz"),  # a container without a known default encoder
+    ("-c:a no_such_encoder", ".flac"),
+])
+def test_output_tap_falls_back_where_the_rewrite_could_change_the_output(options, ext):
+    from ffleet.policy import parse_options
+
+    tokens = {"global": [], "input": [], "output": parse_options(options)}
+    assert audio_quality.output_tap(tokens, ext, ffmpeg=find_binaries().ffmpeg) is None
+    assert audio_quality.output_tap({"global": ["-filter_complex", "anullsrc"], "input": [], "output": []}, ".flac") is None
+
+
+def test_output_tap_keeps_the_users_chain_and_options():
+    from ffleet.policy import parse_options
+
+    ff = find_binaries().ffmpeg
+    tap = audio_quality.output_tap({"global": [], "input": [], "output": parse_options(
+        "-vn -map 0:a:1 -af volume=-3dB -ar 8000 -c:a flac -compression_level 8")}, ".mp4", ffmpeg=ff)
+    graph = tap.args[1]
+    assert graph.startswith("[0:a:1]volume=-3dB,aformat@ffleet_format=sample_fmts=s16|s32:sample_rates=8000,"
+                            "asplit=2[ffleet_out][ffleet_measure];[ffleet_measure]aresample@ffleet_convert,")
+    assert tap.args[2:] == ["-map", "[ffleet_out]", "-vn", "-ar", "8000", "-c:a", "flac", "-compression_level", "8"]
+    assert tap.rate == 8000 and tap.rate_is_input is False
+    plain = audio_quality.output_tap({"global": [], "input": [], "output": []}, ".wav", ffmpeg=ff)
+    assert plain.args[1].startswith("[0:a:0]aformat@ffleet_format=sample_fmts=s16,asplit=2[")
+    assert plain.rate is None and plain.rate_is_input is True
+    chained = audio_quality.output_tap({"global": [], "input": [], "output": ["-af", "aresample=8000"]}, ".wav", ffmpeg=ff)
+    assert chained.rate is None and chained.rate_is_input is False  # the rate is the chain's business
+    opus = audio_quality.output_tap({"global": [], "input": [], "output": ["-sample_fmt", "flt"]}, ".opus", ffmpeg=ff)
+    assert "sample_fmts=flt:sample_rates=48000|24000|16000|12000|8000," in opus.args[1]  # libopus's rates
+    assert opus.rate_is_input is False  # the encoder may make FFmpeg resample
 
 
 # --- argv and log parsing (no FFmpeg) --------------------------------------------------------------

@@ -1,39 +1,55 @@
 """Per-file audio measurements taken by the converting FFmpeg run itself, and the quality filters.
 
-How the measurement is attached. ffleet appends a second output to the FFmpeg command it already
-runs for the file:
+Where the measurement is taken (quality.measure_at):
+
+"output" (the default): the audio as it is written. ffleet moves the output's audio chain (the
+user's -af, then the -ar/-ac conversion) into a -filter_complex that ends in an asplit; one branch
+goes to the encoder, the other through the analysis filters into a null sink:
+
+    ffmpeg ... -i input \
+        -filter_complex "[0:a:0]<user -af>,aformat=sample_rates=16000:channel_layouts=mono,asplit=2[ffleet_out][ffleet_measure];
+                         [ffleet_measure]astats@ffleet_astats=...,ebur128@ffleet_ebur128=...,silencedetect=...,anullsink" \
+        -map [ffleet_out] <the user's other output options> output.flac
+
+  The converted audio is bit-identical to the unmeasured command's (a test decodes both and compares
+  MD5s), and the analysis sees the samples the encoder gets: for a resample to 16 kHz mono that is
+  5.5x fewer samples than a 44.1 kHz stereo source, which is what makes it cheap enough to leave on
+  (bench/analysis_overhead.py). It is also what a training set is made of: clipping added by the
+  conversion counts, and loudness is that of the file that is trained on.
+
+  The rewrite is only done when it provably changes nothing else; output_tap() lists the cases
+  (a -map other than one audio stream, output -ss/-t/-to, frame limits, video-capable containers
+  without -vn, ...). Those fall back to "source". Without -map, the first audio stream is converted
+  (FFmpeg itself would pick the one with most channels; the same stream for single-stream files).
+
+"source": the decoded input stream, as a second output of the same run:
 
     ffmpeg ... -i input <user's output options> output.flac \
-           -map 0:a:0 \
-           -af [atrim=<the user's output -ss/-t/-to>,]astats@ffleet_astats=...,ebur128@ffleet_ebur128=peak=true:framelog=verbose,silencedetect=... \
-           -f null -
+           -map 0:a:0 -af [atrim=<the user's output -ss/-t/-to>,]astats@...,ebur128@...,silencedetect=... -f null -
 
-FFmpeg decodes each input stream once and hands the decoded frames to every output that uses it,
-so the analysis costs its filters, not a second decode (bench/analysis_overhead.py measures it).
+  It judges the recording before any -af (a user normalising with loudnorm may want the filters to
+  see the source), at the source's sample rate and channel count, so it costs several times more
+  on a downmix/downsample conversion.
 
-What is measured: the decoded source audio (the first audio stream, or the one the user's -map
-names), over the same time span as the output, before the user's -af/-filter_complex and before
-the output's resampling and encoding. Why the input rather than the output:
-  * it composes with any user options: a second output cannot conflict with the user's -af,
-    -filter_complex, -map or -vn, while tapping the output stream would mean rewriting the user's
-    filter graph (and -ar/-ac/encoding happen after any graph, so even that would miss them);
-  * measuring what the encoder produced exactly would need a second decode of the output file;
-  * the quality filters are about the recording (is it clipped, silent, too short), which the
-    conversion does not repair; a user who normalises loudness with -af loudnorm wants the
-    filters to judge the source, not the value loudnorm forced.
-The record's duration_out, sample_rate, channels and codec still describe the output (ffprobe).
+Either way FFmpeg decodes each input once; the analysis costs its filters, not a second decode.
+Measurements record where they were taken ("measured_at"). Input codec, sample rate and channels
+are the source's (FFmpeg's input listing); the record's own duration_out, sample_rate, channels and
+codec describe the output (ffprobe).
 
 ffmpeg's option policy forbids users to name outputs or use the null muxer; this module is ffleet
-itself adding an output that writes nothing (`-f null -`, stdout is /dev/null).
+itself adding a sink that writes nothing.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
+import subprocess
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ffleet.ffmpeg import parse_time
+from ffleet.policy import ALLOWED_FLAGS
 
 if TYPE_CHECKING:
     from ffleet.request import JobRequest
@@ -119,6 +135,148 @@ def global_args(global_tokens: list[str]) -> list[str]:
     return ["-loglevel", "-level+info" if "level" in parts else "info"]
 
 
+# Output containers that can carry video: without -vn the unmeasured command could write a video
+# stream there, which the tap's single -map would drop, so those fall back to measuring the source.
+_VIDEO_CAPABLE = {"mp4", "m4v", "m4a", "m4b", "mov", "mkv", "mka", "webm", "avi", "ogg", "ogv", "ts", "m2ts",
+                  "mts", "flv", "3gp", "3g2", "wmv", "asf", "wma", "mxf", "mpg", "mpeg", "vob", "nut", "f4v", "ismv"}
+# Output options whose effect would differ once the audio chain is a -filter_complex (timing and
+# frame limits act after any graph; a layout or non-audio filter cannot be moved into it).
+_TAP_BLOCKERS = {"-ss", "-t", "-to", "-sseof", "-frames", "-aframes", "-vframes", "-shortest", "-apad", "-async",
+                 "-ch_layout", "-channel_layout", "-vf", "-filter", "-filter_complex", "-lavfi"}
+# Muxer names (-f) that can carry video, beyond the extensions above.
+_VIDEO_MUXERS = {"matroska", "ipod", "mpegts", "mpeg", "dvd", "vob", "ogg", "mov", "mp4", "webm", "avi", "flv",
+                 "nut", "asf", "mxf", "3gp", "3g2", "ismv", "f4v", "psp", "m4v"}
+_TAP_LAYOUTS = {"1": "mono", "2": "stereo"}
+# The encoder FFmpeg picks when the user names none: the muxer's default audio codec, as FFmpeg
+# resolves it (libopus, not the experimental native opus). Containers not listed fall back to source.
+_DEFAULT_ENCODERS = {"flac": "flac", "wav": "pcm_s16le", "w64": "pcm_s16le", "mp3": "libmp3lame", "opus": "libopus",
+                     "ogg": "libvorbis", "oga": "libvorbis", "m4a": "aac", "m4b": "aac", "aac": "aac", "adts": "aac",
+                     "ipod": "aac", "aif": "pcm_s16be", "aiff": "pcm_s16be"}
+_CODEC_FLAGS = {"-c", "-c:a", "-codec", "-codec:a", "-acodec", "-c:a:0", "-codec:a:0"}
+
+
+@functools.lru_cache(maxsize=64)
+def encoder_formats(ffmpeg: str, encoder: str) -> dict[str, str] | None:
+    """The sample formats, rates and layouts an encoder accepts, as `ffmpeg -h encoder=` lists them.
+
+    {"sample_fmts": "s16|s32", ...} with only the constraints the encoder has; None if FFmpeg does
+    not know the encoder. Cached: asked once per encoder and binary.
+    """
+    try:
+        res = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-h", f"encoder={encoder}"],
+                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    blocks = res.stdout.split("\nEncoder ")
+    if not res.stdout.startswith("Encoder "):
+        if len(blocks) < 2:
+            return None
+        blocks = blocks[1:]
+    first = blocks[0]  # for a codec name, FFmpeg lists each encoder; the first is the one it uses
+    found = {}
+    for key, label in (("sample_fmts", "sample formats"), ("sample_rates", "sample rates"),
+                       ("channel_layouts", "channel layouts")):
+        m = re.search(rf"^\s*Supported {label}:\s*(.+)$", first, re.M)
+        if m:
+            found[key] = "|".join(m.group(1).split())
+    return found
+
+
+@dataclass
+class OutputTap:
+    """The argv pieces that measure the written audio: graph + map replace the user's audio chain."""
+
+    args: list[str]  # -filter_complex GRAPH -map [ffleet_out] <the user's other output options>
+    rate: int | None  # sample rate of the measured audio: -ar, or None when it is not known from the options
+    rate_is_input: bool  # no -ar and no user chain: the measured rate is the input stream's
+
+
+def output_tap(tokens: dict[str, list[str]], output_ext: str, true_peak: bool = True,
+               ffmpeg: str = "ffmpeg") -> OutputTap | None:
+    """The output-side analysis for these options, or None when moving the audio chain could change the output.
+
+    The graph ends in the same aformat FFmpeg would append for the output (the encoder's sample
+    formats, rates and layouts, or the user's -sample_fmt/-ar/-ac), so format negotiation, and
+    with it every written sample, is the same as without the tap; the analysis branch starts with
+    its own aresample so that it constrains nothing upstream.
+    """
+    out = tokens["output"]
+    if any(t in ("-filter_complex", "-lavfi") for t in tokens["global"]):
+        return None
+    stream, chain, rate, layout, muxer, encoder, sample_fmt, rest = "0:a:0", "", None, None, None, None, None, []
+    has_vn = maps = False
+    i = 0
+    while i < len(out):
+        flag = out[i]
+        takes_value = ALLOWED_FLAGS.get(flag.lstrip("-").split(":", 1)[0], False)
+        value = out[i + 1] if takes_value and i + 1 < len(out) else None
+        i += 2 if takes_value else 1
+        name = flag.split(":", 1)[0]
+        if name in _TAP_BLOCKERS or (name == "-filter" and flag not in ("-filter:a", "-filter:a:0")):
+            return None
+        if flag in ("-af", "-filter:a", "-filter:a:0"):
+            if chain or value is None or "[" in value or ";" in value:  # labels or a second -af: not a plain chain
+                return None
+            chain = value
+            continue
+        if flag == "-map":
+            m = re.match(r"^0:a:(\d+)\??$", value or "")
+            if maps or not m:  # exactly one audio stream, named by index
+                return None
+            stream, maps = f"0:a:{m.group(1)}", True
+            continue
+        if name in ("-ar", "-ac") and flag not in ("-ar", "-ar:a", "-ac", "-ac:a"):
+            return None  # a per-stream form we do not rewrite
+        if name == "-ar":
+            if not (value or "").isdigit():
+                return None
+            rate = int(value)
+        elif name == "-ac":
+            layout = _TAP_LAYOUTS.get(value or "")
+            if layout is None:
+                return None
+        elif flag == "-vn":
+            has_vn = True
+        elif flag == "-f":
+            muxer = value
+        elif flag in _CODEC_FLAGS:
+            encoder = value
+        elif flag in ("-sample_fmt", "-sample_fmt:a"):
+            sample_fmt = value
+        elif name in ("-c", "-codec", "-acodec", "-sample_fmt") and not flag.startswith(("-c:v", "-codec:v")):
+            return None  # a per-stream form we do not follow
+        rest.extend([flag, value] if takes_value and value is not None else [flag])
+    if not (has_vn or maps) and (output_ext.lower().lstrip(".") in _VIDEO_CAPABLE or muxer in _VIDEO_MUXERS):
+        return None
+    encoder = encoder or _DEFAULT_ENCODERS.get(muxer or output_ext.lower().lstrip("."))
+    if not encoder or encoder == "copy":  # stream copy decodes nothing; an unknown container: no table entry
+        return None
+    accepts = encoder_formats(ffmpeg, encoder)
+    if accepts is None:
+        return None
+    # what FFmpeg's own output aformat would say (ffmpeg_filter.c: configure_output_audio_filter)
+    constraints = {**accepts}
+    if sample_fmt:
+        constraints["sample_fmts"] = sample_fmt
+    if rate:
+        constraints["sample_rates"] = str(rate)
+    if layout:
+        constraints["channel_layouts"] = layout
+    convert = ":".join(f"{k}={constraints[k]}" for k in ("sample_fmts", "sample_rates", "channel_layouts")
+                       if k in constraints)
+    steps = [s for s in (chain, f"aformat@ffleet_format={convert}" if convert else "",
+                         "asplit=2[ffleet_out][ffleet_measure]") if s]
+    # The branch carries whatever sample format FFmpeg negotiated (often float, before the encoder's
+    # own conversion). Rendering it as 16-bit makes "at full scale" exact: a sample the conversion
+    # pushed past full scale saturates there, as it does in a 16-bit output file.
+    graph = (f"[{stream}]" + ",".join(steps)
+             + f";[ffleet_measure]aresample@ffleet_convert,aformat@ffleet_s16=sample_fmts=s16,"
+             f"{analysis_filters(true_peak)},anullsink")
+    # the measured rate is known from the options when -ar is given, or when nothing may resample
+    return OutputTap(args=["-filter_complex", graph, "-map", "[ffleet_out]", *rest], rate=rate,
+                     rate_is_input=rate is None and not chain and "sample_rates" not in constraints)
+
+
 def analysis_args(tokens: dict[str, list[str]], true_peak: bool = True) -> list[str]:
     """The second output that measures the audio (appended after the converted output's path)."""
     out = tokens["output"]
@@ -153,6 +311,7 @@ def _finite(x: float | None) -> float | None:
 class AudioMeasurements:
     """What one file's analysis branch measured. None where FFmpeg printed nothing usable."""
 
+    measured_at: str | None = None  # "output" (the audio as written) or "source" (the decoded input)
     duration: float | None = None  # seconds measured (after -ss/-t/-to)
     sample_rate: int | None = None  # of the decoded input stream
     channels: int | None = None
@@ -187,17 +346,25 @@ def _input_stream(stderr: str) -> tuple[str | None, int | None, int | None]:
     return m.group(1), int(m.group(2)), channels
 
 
-def parse_measurements(stderr: str) -> AudioMeasurements | None:
-    """Read the analysis branch's results from FFmpeg's log; None if none of them are there."""
+def parse_measurements(stderr: str, tap: OutputTap | None = None, duration_hint: float | None = None
+                       ) -> AudioMeasurements | None:
+    """Read the analysis branch's results from FFmpeg's log; None if none of them are there.
+
+    tap: the OutputTap the run used (None: the source was measured). duration_hint: the output's
+    duration, used for the silence share when the measured sample rate is unknown.
+    """
     stats = {name.strip().lower(): _num(v) for name, v in _ASTATS.findall(stderr)}
     summary = _EBUR_SUMMARY.findall(stderr)
     if not stats and not summary:
         return None
-    m = AudioMeasurements()
+    m = AudioMeasurements(measured_at="output" if tap else "source")
     m.codec, m.sample_rate, m.channels = _input_stream(stderr)
+    rate = m.sample_rate if tap is None or tap.rate_is_input else tap.rate
     n = stats.get("number of samples")  # per channel
-    if n is not None and m.sample_rate:
-        m.duration = round(n / m.sample_rate, 4)
+    if n is not None and rate:
+        m.duration = round(n / rate, 4)
+    elif duration_hint is not None:
+        m.duration = round(duration_hint, 4)
     peak = stats.get("peak level db")
     if peak is not None:
         m.peak_db = round(peak, 3) if math.isfinite(peak) else None
@@ -283,7 +450,7 @@ def _describe(reason: str, request: "JobRequest", m: AudioMeasurements | None, d
     }[reason]
 
 
-def apply_quality(request: "JobRequest", stderr: str, result: "ItemResult") -> bool:
+def apply_quality(request: "JobRequest", stderr: str, result: "ItemResult", tap: OutputTap | None = None) -> bool:
     """Attach the measurements to result.extra['audio'] and judge the file against request.quality.
 
     Sets result.status to rejected (reason: the first failed filter; extra['rejected_for']: all of
@@ -291,7 +458,7 @@ def apply_quality(request: "JobRequest", stderr: str, result: "ItemResult") -> b
     """
     from ffleet.results import REJECTED
 
-    m = parse_measurements(stderr)
+    m = parse_measurements(stderr, tap, result.duration_out)
     if m is not None:
         result.extra["audio"] = m.to_dict()
     reasons = quality_reasons(request, m, result.duration_out)

@@ -182,6 +182,11 @@ class QualitySpec(_Model):
         description="Measure loudness, true peak, silence, clipping and DC offset in the converting FFmpeg run. "
         "Default: on when a filter below is set, otherwise off.",
     )
+    measure_at: Literal["output", "source"] = Field(
+        "output",
+        description="output: the audio as written (after -af/-ar/-ac, before encoding); source: the decoded input. "
+        "output falls back to source when the output options cannot be rewritten safely (see docs).",
+    )
     true_peak: bool = Field(
         True, description="Measure true peak (4x oversampled, about half the analysis CPU); false: sample peak only."
     )

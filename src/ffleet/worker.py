@@ -97,15 +97,25 @@ class WorkContext:
         out = self.request.output
         return output_key(key, out.s3_prefix, out.s3_suffix, out.extension)
 
+    def measure_tap(self, dst: Path) -> audio_quality.OutputTap | None:
+        """How this file's written audio is measured, or None (not measuring, or measuring the source)."""
+        q = self.request.quality
+        if not self.measuring or q.measure_at != "output":
+            return None
+        return audio_quality.output_tap(self.tokens, dst.suffix, q.true_peak, self.binaries.ffmpeg)
+
     def ffmpeg_argv(self, src: Path, dst: Path) -> list[str]:
         t = self.tokens
-        # measuring: the same run gets a second, analysis output (see ffleet.audio_quality)
-        loglevel = audio_quality.global_args(t["global"]) if self.measuring else []
-        analysis = audio_quality.analysis_args(t, self.request.quality.true_peak) if self.measuring else []
-        return [
-            self.binaries.ffmpeg, "-hide_banner", "-nostdin", "-nostats",
-            *t["global"], *loglevel, *t["input"], *self.guard, "-i", str(src), *t["output"], "-y", str(dst), *analysis,
-        ]
+        head = [self.binaries.ffmpeg, "-hide_banner", "-nostdin", "-nostats", *t["global"]]
+        if not self.measuring:
+            return [*head, *t["input"], *self.guard, "-i", str(src), *t["output"], "-y", str(dst)]
+        # measuring: the same run also analyses the audio (see ffleet.audio_quality)
+        head += audio_quality.global_args(t["global"])
+        tap = self.measure_tap(dst)
+        if tap is not None:  # the output's audio chain ends in an asplit to the analysis
+            return [*head, *t["input"], *self.guard, "-i", str(src), *tap.args, "-y", str(dst)]
+        analysis = audio_quality.analysis_args(t, self.request.quality.true_peak)  # a second output
+        return [*head, *t["input"], *self.guard, "-i", str(src), *t["output"], "-y", str(dst), *analysis]
 
 
 def _temp_suffix(out_key: str) -> str:
@@ -223,7 +233,7 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     result.bytes_out = dst.stat().st_size
     # 5. Quality: measurements into the record; a file failing a filter ends as rejected.
     result.status = SUCCEEDED
-    if ctx.measuring and not audio_quality.apply_quality(req, run.stderr, result):
+    if ctx.measuring and not audio_quality.apply_quality(req, run.stderr, result, ctx.measure_tap(dst)):
         return
     # 6. Store: atomic for folders (temp + rename), whole-object for S3.
     ctx.output_store.store(dst, out_key)
