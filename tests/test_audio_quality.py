@@ -143,6 +143,8 @@ def test_dc_offset_within_0_002_and_flagged(measured):
 def test_dataset_card_in_summary(measured):
     card = measured[0]["dataset"]
     assert card["files"] == {"kept": len(SIGNALS), "rejected": 0, "measured": len(SIGNALS)}
+    mode = next(iter(measured[1].values()))["extra"]["audio"]["measured_at"]
+    assert card["measured_at"] == {mode: len(SIGNALS)}
     total = sum(s for _, s in SIGNALS.values())
     assert card["hours"]["output"] == pytest.approx(total / 3600, abs=1e-3)
     assert card["codecs"] == {"input": {"pcm_s16le": len(SIGNALS)}, "output": {"flac": len(SIGNALS)}}
@@ -241,8 +243,17 @@ def test_measure_false_leaves_the_argv_alone(tmp_path):
     ("-vn -ac 1 -c:a libmp3lame -b:a 64k", ".mp3"),
     ("-map 0:a:0 -ac 2 -ar 24000 -c:a libopus -b:a 32k", ".opus"),
 ])
-def test_output_tap_writes_the_same_audio(signals, tmp_path, options, ext):
-    """Measuring at the output must not change a single decoded sample of what is written."""
+@pytest.mark.parametrize("ffmpeg", ["bundled", "debian"])
+def test_output_tap_writes_the_same_audio(signals, tmp_path, monkeypatch, options, ext, ffmpeg):
+    """Measuring at the output must not change a single decoded sample of what is written.
+
+    With the bundled static FFmpeg (local runs) and Debian's (the worker image's FFmpeg 5.1).
+    """
+    if ffmpeg == "debian":
+        if not (Path("/usr/bin/ffmpeg").exists() and Path("/usr/bin/ffprobe").exists()):
+            pytest.skip("Debian's ffmpeg is not installed (scripts/setup --dev installs it as root)")
+        monkeypatch.setenv("FFLEET_FFMPEG", "/usr/bin/ffmpeg")
+        monkeypatch.setenv("FFLEET_FFPROBE", "/usr/bin/ffprobe")
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in ("clipped", "dc"):

@@ -104,6 +104,7 @@ class DatasetCardBuilder:
         self.loudness = _Histogram(LOUDNESS_EDGES, " LUFS")
         self.rate_in, self.rate_out = _Tally(), _Tally()
         self.codec_in, self.codec_out = _Tally(), _Tally()
+        self.measured_at = _Tally()  # "output" (the audio as written) or "source" (the decoded input)
         self.rejected_by_reason: Counter[str] = Counter()
         self.flags: Counter[str] = Counter()
         self.outlier_limit = outliers
@@ -127,6 +128,7 @@ class DatasetCardBuilder:
             self.codec_out.add(r.codec)
         if audio:
             self.files_measured += 1
+            self.measured_at.add(audio.get("measured_at"))
         self.duration.add(r.duration_out if r.duration_out is not None else audio.get("duration"), rejected)
         self.loudness.add(audio.get("lufs"), rejected)
         self.rate_in.add(audio.get("sample_rate"))
@@ -157,6 +159,7 @@ class DatasetCardBuilder:
     def card(self) -> dict[str, Any]:
         return {
             "files": {"kept": self.files_kept, "rejected": self.files_rejected, "measured": self.files_measured},
+            "measured_at": self.measured_at.to_dict(),
             "hours": {"input": round(self.seconds_in / 3600, 4), "output": round(self.seconds_out / 3600, 4)},
             "histograms": {
                 "duration_seconds": self.duration.to_dict(),

@@ -81,6 +81,12 @@ def _stat(label: str, value: str) -> str:
     return f'<div class="stat"><span class="muted">{escape(label)}</span><b>{value}</b></div>'
 
 
+def _measured_note(measured_at: dict[str, int]) -> str:
+    where = {"output": "the audio as written", "source": "the decoded source audio"}
+    parts = [f"{n} file{'s' if n != 1 else ''}: {where.get(k, k)}" for k, n in measured_at.items()]
+    return f"Measurements describe {'; '.join(parts)} (see docs/dataset-card.md)." if parts else ""
+
+
 def render_html(summary: dict[str, Any]) -> str:
     """The report for one run's summary (summary.json with its "dataset" card)."""
     run = summary.get("run") or {}
@@ -136,6 +142,6 @@ def render_html(summary: dict[str, Any]) -> str:
         f'<div class="stats">{stats}</div>'
         f'<h2>Dataset</h2><div class="charts">{charts}</div>'
         f'<h2>Worst outliers (up to {len(card.get("outliers") or []) or 20})</h2>{table}'
-        '<p class="muted">Measurements describe the decoded source audio (see docs). Kept = stored outputs; '
+        f'<p class="muted">{escape(_measured_note(card.get("measured_at") or {}))} Kept = stored outputs; '
         "rejected = failed a quality filter.</p></body></html>\n"
     )

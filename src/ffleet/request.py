@@ -175,7 +175,8 @@ class ProcessingSpec(_Model):
 class QualitySpec(_Model):
     """Training-data quality: measurements and optional filters (off unless asked for)."""
 
-    # Off by default: measured at 3-4x the CPU of a cheap conversion such as resampling to FLAC
+    # Off by default: on a cheap conversion (resampling to 16 kHz mono FLAC) the analysis adds about a
+    # third of the conversion's CPU with sample peak and doubles it with true peak
     # (bench/analysis_overhead.py), far above the 10% the measurements were meant to cost.
     measure: bool | None = Field(
         None,
