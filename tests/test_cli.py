@@ -43,6 +43,14 @@ def corpus(tmp_path_factory):
     return folder / "input"
 
 
+def test_demo_measures_the_written_audio_and_finds_its_clipped_tone(tmp_path, corpus):
+    req = write_json(tmp_path / "job.json", demo_request(corpus, tmp_path / "out", tolerated_percent=30, measure=True))
+    code, s = run_json(req)
+    assert code == 0
+    assert s["dataset"]["measured_at"] == {"output": 10}
+    assert s["dataset"]["flagged"]["clipped"] == 1  # the 8th tone is driven to 1.5x full scale
+
+
 def run_json(request_path, *extra):
     p = run_cli("run", str(request_path), "--json", "--no-progress", *extra)
     assert p.returncode in (0, 1), p.stderr

@@ -57,8 +57,8 @@ def make_corpus(folder: Path, count: int = 20, seconds: tuple[float, float] = (3
         sub = ("speech/", "music/", "field rec/")[i % 3]
         name = f"clip {i:04d}+take{ext}" if i % 7 == 3 else f"clip-{i:04d}{ext}"
         secs = seconds[0] + (seconds[1] - seconds[0]) * ((i * 37) % 100) / 100
-        # a spread of levels, so the dataset card has something to show: some quiet files, one
-        # driven into clipping (lavfi's sine peaks at 1/8 of full scale)
+        # a spread of levels, so the dataset card has something to show: some quiet files, and two
+        # (a FLAC and an Opus) driven into clipping (lavfi's sine peaks at 1/8 of full scale)
         volume = 12.0 if i % 11 == 7 else (0.1 if i % 4 == 1 else 1.0 + (i % 3))
         jobs.append((folder / sub / name, round(secs, 2), ext, 220 + 20 * (i % 30), volume))
     with ThreadPoolExecutor(max_workers=4) as pool:
