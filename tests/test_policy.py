@@ -89,3 +89,10 @@ def test_refusal_reaches_the_request_field():
     fields = dict(exc.value.problems)
     assert "-i" in fields["input.file_options"]
     assert "-vstats_file" in fields["global.options"]
+
+
+def test_option_pairs_never_takes_a_value_for_a_flag():
+    from ffleet.policy import option_pairs
+
+    tokens = parse_options("-metadata -ss -vn -c:a flac -t 5")
+    assert list(option_pairs(tokens)) == [("-metadata", "-ss"), ("-vn", None), ("-c:a", "flac"), ("-t", "5")]

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ffleet.ffmpeg import parse_time
-from ffleet.policy import ALLOWED_FLAGS
+from ffleet.policy import option_pairs
 
 if TYPE_CHECKING:
     from ffleet.request import JobRequest
@@ -94,9 +94,8 @@ def measuring(request: "JobRequest", tokens: dict[str, list[str]]) -> bool:
 
 def _audio_map(output_tokens: list[str]) -> str:
     """Measure the audio stream the user maps to the output, else the first audio stream."""
-    for i, tok in enumerate(output_tokens[:-1]):
-        if tok == "-map":
-            value = output_tokens[i + 1]
+    for flag, value in option_pairs(output_tokens):
+        if flag == "-map" and value is not None:
             m = re.match(r"^0:a(?::(\d+))?\??$", value)
             if m:
                 return f"0:a:{m.group(1) or 0}"
@@ -111,19 +110,19 @@ def _trim_filter(output_tokens: list[str]) -> str:
     """
     names = {"-ss": "start", "-t": "duration", "-to": "end"}
     opts = []
-    for i, tok in enumerate(output_tokens[:-1]):
-        seconds = parse_time(output_tokens[i + 1]) if tok in names else None
+    for flag, value in option_pairs(output_tokens):
+        seconds = parse_time(value) if flag in names and value is not None else None
         if seconds is not None:  # in seconds: a ':' would need escaping at two levels of filter syntax
-            opts.append(f"{names[tok]}=" + f"{seconds:.6f}".rstrip("0").rstrip("."))
+            opts.append(f"{names[flag]}=" + f"{seconds:.6f}".rstrip("0").rstrip("."))
     return f"atrim@ffleet_trim={':'.join(opts)}," if opts else ""
 
 
 def global_args(global_tokens: list[str]) -> list[str]:
     """`-loglevel info` when the user's -loglevel would hide the measurements (they are info lines)."""
     level = None
-    for i, tok in enumerate(global_tokens[:-1]):
-        if tok in ("-loglevel", "-v"):
-            level = global_tokens[i + 1]
+    for flag, value in option_pairs(global_tokens):
+        if flag in ("-loglevel", "-v") and value is not None:
+            level = value
     if level is None:
         return []
     # "repeat+level+warning" -> "warning"; "level" would prefix each line and break the parsers
@@ -205,12 +204,7 @@ def output_tap(tokens: dict[str, list[str]], output_ext: str, true_peak: bool = 
         return None
     stream, chain, rate, layout, muxer, encoder, sample_fmt, rest = "0:a:0", "", None, None, None, None, None, []
     has_vn = maps = False
-    i = 0
-    while i < len(out):
-        flag = out[i]
-        takes_value = ALLOWED_FLAGS.get(flag.lstrip("-").split(":", 1)[0], False)
-        value = out[i + 1] if takes_value and i + 1 < len(out) else None
-        i += 2 if takes_value else 1
+    for flag, value in option_pairs(out):
         name = flag.split(":", 1)[0]
         if name in _TAP_BLOCKERS or (name == "-filter" and flag not in ("-filter:a", "-filter:a:0")):
             return None
@@ -245,7 +239,7 @@ def output_tap(tokens: dict[str, list[str]], output_ext: str, true_peak: bool = 
             sample_fmt = value
         elif name in ("-c", "-codec", "-acodec", "-sample_fmt") and not flag.startswith(("-c:v", "-codec:v")):
             return None  # a per-stream form we do not follow
-        rest.extend([flag, value] if takes_value and value is not None else [flag])
+        rest.extend([flag] if value is None else [flag, value])
     if not (has_vn or maps) and (output_ext.lower().lstrip(".") in _VIDEO_CAPABLE or muxer in _VIDEO_MUXERS):
         return None
     encoder = encoder or _DEFAULT_ENCODERS.get(muxer or output_ext.lower().lstrip("."))

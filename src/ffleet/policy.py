@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterator
 
 
 class OptionPolicyError(ValueError):
@@ -102,6 +103,19 @@ _ENCODER_PARAM_FILE_KEYS = re.compile(
 def _flag_base(token: str) -> str:
     """'-c:a' -> 'c', '-b:a:0' -> 'b', '-filter:a' -> 'filter'."""
     return token[1:].split(":", 1)[0]
+
+
+def option_pairs(tokens: list[str]) -> Iterator[tuple[str, str | None]]:
+    """(flag, value) for each option of tokens parse_options accepted; value is None for flags without one.
+
+    Walks options the way FFmpeg reads them, so a value is never taken for a flag.
+    """
+    i = 0
+    while i < len(tokens):
+        flag = tokens[i]
+        takes_value = ALLOWED_FLAGS.get(_flag_base(flag), False) and i + 1 < len(tokens)
+        yield flag, tokens[i + 1] if takes_value else None
+        i += 2 if takes_value else 1
 
 
 def _check_value(flag: str, base: str, value: str) -> None:

@@ -19,6 +19,7 @@ from ffleet.ffmpeg import (
     run_process,
 )
 from ffleet.keys import output_key
+from ffleet.policy import option_pairs
 from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
 from ffleet.storage import ListedObject, LocalStorage, NotFound, Storage, StorageError, input_storage, output_storage
@@ -41,15 +42,16 @@ def expected_duration(input_duration: float | None, tokens: dict[str, list[str]]
         return None
     ss = t = to = None
     for side in ("input", "output"):
-        toks = tokens[side]
-        for i, tok in enumerate(toks[:-1]):
-            base = tok.split(":")[0]
+        for flag, value in option_pairs(tokens[side]):
+            base = flag.split(":")[0]
+            if value is None:
+                continue
             if base == "-ss":
-                ss = (ss or 0) + (parse_time(toks[i + 1]) or 0)
+                ss = (ss or 0) + (parse_time(value) or 0)
             elif base == "-t":
-                t = parse_time(toks[i + 1])
+                t = parse_time(value)
             elif base == "-to":
-                to = parse_time(toks[i + 1])
+                to = parse_time(value)
     start = ss or 0.0
     end = input_duration
     if to is not None:
@@ -81,7 +83,7 @@ class WorkContext:
     def __post_init__(self) -> None:
         self.tokens = self.request.option_tokens()
         # a user's input -f (e.g. s16le for raw PCM) is a demuxer they chose: let it through
-        user_formats = [v for flag, v in zip(self.tokens["input"], self.tokens["input"][1:]) if flag == "-f"]
+        user_formats = [v for flag, v in option_pairs(self.tokens["input"]) if flag == "-f" and v is not None]
         self.guard = input_guard(user_formats)
         self.measuring = audio_quality.measuring(self.request, self.tokens)
 
