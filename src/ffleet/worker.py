@@ -79,6 +79,8 @@ class WorkContext:
     tokens: dict[str, list[str]] = field(init=False)
     guard: list[str] = field(init=False)
     measuring: bool = field(init=False)
+    # output extension -> its OutputTap (None: measure the source); the same for every file with that extension
+    _taps: dict[str, audio_quality.OutputTap | None] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.tokens = self.request.option_tokens()
@@ -104,20 +106,23 @@ class WorkContext:
         q = self.request.quality
         if not self.measuring or q.measure_at != "output":
             return None
-        return audio_quality.output_tap(self.tokens, dst.suffix, q.true_peak, self.binaries.ffmpeg)
+        if dst.suffix not in self._taps:  # a race between threads computes the same value twice: harmless
+            self._taps[dst.suffix] = audio_quality.output_tap(self.tokens, dst.suffix, q.true_peak, self.binaries.ffmpeg)
+        return self._taps[dst.suffix]
 
     def ffmpeg_argv(self, src: Path, dst: Path) -> list[str]:
         t = self.tokens
         head = [self.binaries.ffmpeg, "-hide_banner", "-nostdin", "-nostats", *t["global"]]
+        reading = [*t["input"], *self.guard, "-i", str(src)]
         if not self.measuring:
-            return [*head, *t["input"], *self.guard, "-i", str(src), *t["output"], "-y", str(dst)]
+            return [*head, *reading, *t["output"], "-y", str(dst)]
         # measuring: the same run also analyses the audio (see ffleet.audio_quality)
         head += audio_quality.global_args(t["global"])
         tap = self.measure_tap(dst)
         if tap is not None:  # the output's audio chain ends in an asplit to the analysis
-            return [*head, *t["input"], *self.guard, "-i", str(src), *tap.args, "-y", str(dst)]
+            return [*head, *reading, *tap.args, "-y", str(dst)]
         analysis = audio_quality.analysis_args(t, self.request.quality.true_peak)  # a second output
-        return [*head, *t["input"], *self.guard, "-i", str(src), *t["output"], "-y", str(dst), *analysis]
+        return [*head, *reading, *t["output"], "-y", str(dst), *analysis]
 
 
 def _temp_suffix(out_key: str) -> str:
