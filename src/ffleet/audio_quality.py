@@ -166,12 +166,11 @@ def encoder_formats(ffmpeg: str, encoder: str) -> dict[str, str] | None:
                              capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    blocks = res.stdout.split("\nEncoder ")
-    if not res.stdout.startswith("Encoder "):
-        if len(blocks) < 2:
-            return None
-        blocks = blocks[1:]
-    first = blocks[0]  # for a codec name, FFmpeg lists each encoder; the first is the one it uses
+    # for a codec name, FFmpeg lists each encoder; the first is the one it uses
+    block = re.search(r"^Encoder .*?(?=^Encoder |\Z)", res.stdout, re.M | re.S)
+    if block is None:
+        return None
+    first = block.group(0)
     found = {}
     for key, label in (("sample_fmts", "sample formats"), ("sample_rates", "sample rates"),
                        ("channel_layouts", "channel layouts")):
