@@ -106,7 +106,7 @@ def _flag_base(token: str) -> str:
 
 
 def option_pairs(tokens: list[str]) -> Iterator[tuple[str, str | None]]:
-    """(flag, value) for each option of tokens parse_options accepted; value is None for flags without one.
+    """(flag, value) for each option in tokens; value is None for a flag that takes none (or lacks it).
 
     Walks options the way FFmpeg reads them, so a value is never taken for a flag.
     """
@@ -145,9 +145,8 @@ def parse_options(text: str) -> list[str]:
         tokens = shlex.split(text)
     except ValueError as exc:
         raise OptionPolicyError(text, f"cannot be split into arguments ({exc})") from None
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
+    # unknown flags are refused before option_pairs would need to know whether they take a value
+    for token, value in option_pairs(tokens):
         if not token.startswith("-") or token in ("-", "--"):
             raise OptionPolicyError(
                 token, "a bare word would be read by FFmpeg as an extra input or output file"
@@ -162,13 +161,9 @@ def parse_options(text: str) -> list[str]:
         if base not in ALLOWED_FLAGS:
             raise OptionPolicyError(token, "not in ffleet's option allowlist (see the README: Option policy)")
         if ALLOWED_FLAGS[base]:
-            if i + 1 >= len(tokens):
+            if value is None:
                 raise OptionPolicyError(token, "expects a value")
-            value = tokens[i + 1]
             _check_value(token, base, value)
-            i += 2
-        else:
-            i += 1
     return tokens
 
 
