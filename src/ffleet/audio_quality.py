@@ -48,7 +48,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from ffleet.ffmpeg import parse_time
+from ffleet.ffmpeg import InputInfo, parse_input_info, parse_time
 from ffleet.policy import option_pairs
 
 if TYPE_CHECKING:
@@ -286,10 +286,6 @@ _EBUR_SUMMARY = re.compile(r"^\[(?:ebur128@)?ffleet_ebur128 @ [^\]]+\] Summary:(
 _INTEGRATED = re.compile(r"Integrated loudness:\s*I:\s*" + _NUM + r" LUFS", re.I)
 _TRUE_PEAK = re.compile(r"True peak:\s*Peak:\s*" + _NUM + r" dBFS", re.I)
 _SILENCE = re.compile(r"^\[silencedetect @ [^\]]+\] silence_(start|end): " + _NUM, re.M)
-_INPUT_AUDIO = re.compile(
-    r"^\s*Stream #0:\d+(?:\[[^\]]*\])?(?:\([^)]*\))?: Audio: ([^\s,]+)[^,]*, (\d+) Hz, ([^,]+)", re.M
-)
-_LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 4, "quad": 4, "4.0": 4, "5.0": 5, "5.1": 6, "6.1": 7, "7.1": 8}
 
 
 def _num(text: str) -> float:
@@ -323,35 +319,21 @@ class AudioMeasurements:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def _input_stream(stderr: str) -> tuple[str | None, int | None, int | None]:
-    start = stderr.find("Input #0")
-    if start < 0:
-        return None, None, None
-    end = stderr.find("Output #0", start)
-    m = _INPUT_AUDIO.search(stderr[start: end if end > 0 else None])
-    if not m:
-        return None, None, None
-    layout = m.group(3).strip()
-    channels = _LAYOUT_CHANNELS.get(layout.split("(")[0])
-    cm = re.match(r"^(\d+) channels", layout)
-    if cm:
-        channels = int(cm.group(1))
-    return m.group(1), int(m.group(2)), channels
-
-
-def parse_measurements(stderr: str, tap: OutputTap | None = None, duration_hint: float | None = None
-                       ) -> AudioMeasurements | None:
+def parse_measurements(stderr: str, tap: OutputTap | None = None, duration_hint: float | None = None,
+                       info: InputInfo | None = None) -> AudioMeasurements | None:
     """Read the analysis branch's results from FFmpeg's log; None if none of them are there.
 
     tap: the OutputTap the run used (None: the source was measured). duration_hint: the output's
-    duration, used for the silence share when the measured sample rate is unknown.
+    duration, used for the silence share when the measured sample rate is unknown. info: the
+    log's input section, if the caller has parsed it already.
     """
     stats = {name.strip().lower(): _num(v) for name, v in _ASTATS.findall(stderr)}
     summary = _EBUR_SUMMARY.findall(stderr)
     if not stats and not summary:
         return None
     m = AudioMeasurements(measured_at="output" if tap else "source")
-    m.codec, m.sample_rate, m.channels = _input_stream(stderr)
+    info = info or parse_input_info(stderr)
+    m.codec, m.sample_rate, m.channels = info.audio_codec, info.sample_rate, info.channels
     rate = m.sample_rate if tap is None or tap.rate_is_input else tap.rate
     n = stats.get("number of samples")  # per channel
     if n is not None and rate:
@@ -443,7 +425,8 @@ def _describe(reason: str, request: "JobRequest", m: AudioMeasurements | None, d
     }[reason]
 
 
-def apply_quality(request: "JobRequest", stderr: str, result: "ItemResult", tap: OutputTap | None = None) -> bool:
+def apply_quality(request: "JobRequest", stderr: str, result: "ItemResult", tap: OutputTap | None = None,
+                  info: InputInfo | None = None) -> bool:
     """Attach the measurements to result.extra['audio'] and judge the file against request.quality.
 
     Sets result.status to rejected (reason: the first failed filter; extra['rejected_for']: all of
@@ -451,7 +434,7 @@ def apply_quality(request: "JobRequest", stderr: str, result: "ItemResult", tap:
     """
     from ffleet.results import REJECTED
 
-    m = parse_measurements(stderr, tap, result.duration_out)
+    m = parse_measurements(stderr, tap, result.duration_out, info)
     if m is not None:
         result.extra["audio"] = m.to_dict()
     reasons = quality_reasons(request, m, result.duration_out)

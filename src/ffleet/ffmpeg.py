@@ -176,14 +176,16 @@ def run_process(
 
 _DURATION = re.compile(r"^\s*Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.M)
 _INPUT_STREAM = re.compile(r"^\s*Stream #0:\d+(?:\[[^\]]*\])?(?:\([^)]*\))?: (Audio|Video|Subtitle|Data|Attachment): (.*)$", re.M)
+_LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 4, "quad": 4, "4.0": 4, "5.0": 5, "5.1": 6, "6.1": 7, "7.1": 8}
 
 
 @dataclass
 class InputInfo:
     duration: float | None = None
     stream_types: list[str] = field(default_factory=list)
-    audio_codec: str | None = None
+    audio_codec: str | None = None  # of the first audio stream, as are sample_rate and channels
     sample_rate: int | None = None
+    channels: int | None = None
     parsed: bool = False  # the log had an "Input #0" section at all
 
     @property
@@ -207,6 +209,12 @@ def parse_time(value: str) -> float | None:
     return total
 
 
+def _channel_count(layout: str) -> int | None:
+    """'stereo' -> 2, '5.1(side)' -> 6, '3 channels' -> 3."""
+    counted = re.match(r"^(\d+) channels", layout)
+    return int(counted.group(1)) if counted else _LAYOUT_CHANNELS.get(layout.split("(")[0])
+
+
 def parse_input_info(stderr: str) -> InputInfo:
     info = InputInfo()
     start = stderr.find("Input #0")
@@ -225,6 +233,8 @@ def parse_input_info(stderr: str) -> InputInfo:
             info.audio_codec = desc.split(",")[0].split(" ")[0].strip()
             sr = re.search(r"(\d+) Hz", desc)
             info.sample_rate = int(sr.group(1)) if sr else None
+            layout = re.search(r"\d+ Hz, ([^,]+)", desc)
+            info.channels = _channel_count(layout.group(1).strip()) if layout else None
     return info
 
 

@@ -240,7 +240,7 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     result.bytes_out = dst.stat().st_size
     # 5. Quality: measurements into the record; a file failing a filter ends as rejected.
     result.status = SUCCEEDED
-    if ctx.measuring and not audio_quality.apply_quality(req, run.stderr, result, ctx.measure_tap(dst)):
+    if ctx.measuring and not audio_quality.apply_quality(req, run.stderr, result, ctx.measure_tap(dst), info):
         return
     # 6. Store: atomic for folders (temp + rename), whole-object for S3.
     ctx.output_store.store(dst, out_key)
