@@ -184,3 +184,13 @@ def test_local_store_is_atomic_and_leaves_no_temp(tmp_path):
 ])
 def test_expected_duration(tokens, input_duration, expected):
     assert expected_duration(input_duration, tokens) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("layout, channels", [("mono", 1), ("stereo", 2), ("3.0", 3), ("5.1(side)", 6), ("3 channels", 3)])
+def test_input_info_counts_channels(layout, channels):
+    from ffleet.ffmpeg import parse_input_info
+
+    log = ("Input #0, wav, from 'x.wav':\n  Duration: 00:00:01.00, bitrate: 768 kb/s\n"
+           f"  Stream #0:0: Audio: pcm_s16le ([1][0][0][0] / 0x0001), 48000 Hz, {layout}, s16, 1536 kb/s\n")
+    info = parse_input_info(log)
+    assert (info.audio_codec, info.sample_rate, info.channels) == ("pcm_s16le", 48000, channels)
