@@ -81,6 +81,9 @@ class WorkContext:
     measuring: bool = field(init=False)
     # output extension -> its OutputTap (None: measure the source); the same for every file with that extension
     _taps: dict[str, audio_quality.OutputTap | None] = field(init=False, default_factory=dict, repr=False)
+    # measuring: a raised -loglevel, and the second output that analyses the source; the same for every file
+    _loglevel: list[str] = field(init=False, default_factory=list, repr=False)
+    _source_analysis: list[str] = field(init=False, default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.tokens = self.request.option_tokens()
@@ -88,6 +91,9 @@ class WorkContext:
         user_formats = [v for flag, v in option_pairs(self.tokens["input"]) if flag == "-f" and v is not None]
         self.guard = input_guard(user_formats)
         self.measuring = audio_quality.measuring(self.request, self.tokens)
+        if self.measuring:
+            self._loglevel = audio_quality.global_args(self.tokens["global"])
+            self._source_analysis = audio_quality.analysis_args(self.tokens, self.request.quality.true_peak)
 
     @classmethod
     def for_request(cls, request: JobRequest, work_dir: Path | None = None, client=None) -> "WorkContext":
@@ -117,12 +123,11 @@ class WorkContext:
         if not self.measuring:
             return [*head, *reading, *t["output"], "-y", str(dst)]
         # measuring: the same run also analyses the audio (see ffleet.audio_quality)
-        head += audio_quality.global_args(t["global"])
+        head += self._loglevel
         tap = self.measure_tap(dst)
         if tap is not None:  # the output's audio chain ends in an asplit to the analysis
             return [*head, *reading, *tap.args, "-y", str(dst)]
-        analysis = audio_quality.analysis_args(t, self.request.quality.true_peak)  # a second output
-        return [*head, *reading, *t["output"], "-y", str(dst), *analysis]
+        return [*head, *reading, *t["output"], "-y", str(dst), *self._source_analysis]  # a second output
 
 
 def _temp_suffix(out_key: str) -> str:
