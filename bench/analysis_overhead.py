@@ -21,10 +21,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from ffleet.demo import FORMATS  # noqa: E402
 from ffleet.ffmpeg import find_binaries, run_process  # noqa: E402
 from ffleet.request import parse_request  # noqa: E402
-from ffleet.storage import ListedObject, LocalStorage  # noqa: E402
+from ffleet.storage import ListedObject  # noqa: E402
 from ffleet.worker import WorkContext, process_item  # noqa: E402
+
+# name, label, quality.measure, quality.true_peak, quality.measure_at
+VARIANTS = [
+    ("plain", "no analysis", False, True, "output"),
+    ("output_sample_peak", "output, true_peak false", True, False, "output"),
+    ("output_true_peak", "output, true_peak (default)", True, True, "output"),
+    ("source_sample_peak", "source, true_peak false", True, False, "source"),
+    ("source_true_peak", "source, true_peak", True, True, "source"),
+]
 
 
 def make_inputs(folder: Path, files: int, seconds: float, source: str = "wav") -> list[Path]:
@@ -36,7 +46,7 @@ def make_inputs(folder: Path, files: int, seconds: float, source: str = "wav") -
         expr = f"0.3*sin(2*PI*{200 + 37 * i}*t)*(0.5+0.5*sin(2*PI*0.7*t))+0.05*(random(0)-0.5)"
         run_process([ff, "-hide_banner", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
                      f"aevalsrc='{expr}|{expr}':s=44100:d={seconds}",
-                     *(["-c:a", "pcm_s16le"] if source == "wav" else ["-c:a", "libmp3lame", "-b:a", "128k"]),
+                     *FORMATS["." + source],
                      "-y", str(p)], timeout=300)
         paths.append(p)
     return paths
@@ -48,8 +58,7 @@ def context(folder: Path, options: str, ext: str, measure: bool, true_peak: bool
     req = parse_request({"name": "bench", "input": {"path": str(folder / "in")},
                          "output": {"path": str(out), "file_options": options, "extension": ext, "overwrite": True},
                          "quality": {"measure": measure, "true_peak": true_peak, "measure_at": at}})
-    return WorkContext(request=req, input_store=LocalStorage(folder / "in"), output_store=LocalStorage(out),
-                       work_dir=folder)
+    return WorkContext.for_request(req, work_dir=folder)
 
 
 def main() -> None:
@@ -66,11 +75,8 @@ def main() -> None:
     try:
         (folder / "in").mkdir()
         inputs = make_inputs(folder / "in", args.files, args.seconds, args.source)
-        ways = [("plain", context(folder, args.options, args.ext, False)),
-                ("output_sample_peak", context(folder, args.options, args.ext, True, true_peak=False)),
-                ("output_true_peak", context(folder, args.options, args.ext, True)),
-                ("source_sample_peak", context(folder, args.options, args.ext, True, true_peak=False, at="source")),
-                ("source_true_peak", context(folder, args.options, args.ext, True, at="source"))]
+        ways = [(name, context(folder, args.options, args.ext, measure, true_peak, at))
+                for name, _, measure, true_peak, at in VARIANTS]
         for name, ctx in ways[1:3]:
             if ctx.measure_tap(folder / f"x{args.ext}") is None:
                 sys.exit(f"{name}: these options fall back to measuring the source; nothing to compare")
@@ -92,9 +98,7 @@ def main() -> None:
         what = "whole worker per file (FFmpeg + ffprobe)" if args.worker else "FFmpeg only"
         print(f"conversion: {args.source} 44.1 kHz stereo, {args.options!r} -> {args.ext}, "
               f"{args.files} files x {args.seconds:g} s x {args.rounds} rounds; {what}")
-        labels = {"plain": "no analysis", "output_sample_peak": "output, true_peak false",
-                  "output_true_peak": "output, true_peak (default)", "source_sample_peak": "source, true_peak false",
-                  "source_true_peak": "source, true_peak"}
+        labels = {name: label for name, label, *_ in VARIANTS}
         for name, _ in ways:
             line = f"{labels[name]:28s} CPU {cpu[name]:7.2f} s  ({cpu[name] / audio_s * 3600:6.1f} s per audio hour)"
             if name != "plain":

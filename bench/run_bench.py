@@ -235,7 +235,6 @@ def profile_worker(files: list[Path], corpus: Path, workdir: Path) -> dict:
     worker.run_process = timed("ffmpeg", worker.run_process)
     worker.probe = timed("ffprobe (verify output)", worker.probe)
     ctx.output_store.exists = timed("skip check (output exists?)", ctx.output_store.exists)
-    ctx.input_store.fetch = timed("fetch (copy in)", ctx.input_store.fetch)
     ctx.output_store.store = timed("store (rename out)", ctx.output_store.store)
     total = 0.0
     try:
