@@ -1,6 +1,7 @@
 """The dataset card: a streaming, bounded-memory description of the audio a run produced."""
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -27,10 +28,8 @@ def _bin_labels(edges: tuple[float, ...], unit: str) -> list[str]:
 
 
 def _bin(edges: tuple[float, ...], value: float) -> int:
-    for i, edge in enumerate(edges):
-        if value < edge:
-            return i
-    return len(edges)
+    """Index of the bin holding value: bins are [edge[i-1], edge[i]), open at both ends."""
+    return bisect.bisect_right(edges, value)
 
 
 class _Histogram:
@@ -141,8 +140,8 @@ class DatasetCardBuilder:
     def _consider_outlier(self, r: ItemResult, audio: dict[str, Any], rejected: bool) -> None:
         issues = outlier_issues(audio)
         score = sum(s for _, s in issues) + (1.0 if rejected else 0.0)
-        if score <= 0:
-            return
+        if score <= 0 or (len(self._heap) >= self.outlier_limit and score <= self._heap[0][0]):
+            return  # not among the worst: build nothing
         entry = {
             "key": r.key, "score": round(score, 3), "status": r.status,
             "issues": [name for name, _ in sorted(issues, key=lambda x: -x[1])],
@@ -153,7 +152,7 @@ class DatasetCardBuilder:
         item = (score, next(self._seq), entry)
         if len(self._heap) < self.outlier_limit:
             heapq.heappush(self._heap, item)
-        elif score > self._heap[0][0]:
+        else:
             heapq.heapreplace(self._heap, item)
 
     def card(self) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from ffleet.dataset import OUTLIER_COUNT
+
 REPORT_FILE = "report.html"
 
 KEPT, REJECTED = "#2f7ed8", "#d9534f"
@@ -141,7 +143,7 @@ def render_html(summary: dict[str, Any]) -> str:
         f'<h1>{escape(title)}</h1><div class="muted">{meta}</div>'
         f'<div class="stats">{stats}</div>'
         f'<h2>Dataset</h2><div class="charts">{charts}</div>'
-        f'<h2>Worst outliers (up to {len(card.get("outliers") or []) or 20})</h2>{table}'
+        f'<h2>Worst outliers (up to {len(card.get("outliers") or []) or OUTLIER_COUNT})</h2>{table}'
         f'<p class="muted">{escape(_measured_note(card.get("measured_at") or {}))} Kept = stored outputs; '
         "rejected = failed a quality filter.</p></body></html>\n"
     )
