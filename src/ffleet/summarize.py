@@ -384,11 +384,10 @@ class _Ledger:
 
     def add_loose(self, b: BatchOutcome) -> None:
         """Items of a failed batch whose id ResultWriter did not reveal: matched by key instead."""
-        for item in b.items or []:
-            key = _item_key(item)
-            if key:
-                self.db.execute("INSERT OR IGNORE INTO loose VALUES (?, ?, ?)", (key, b.status, b.detail()))
-        self.loose_count = self.db.execute("SELECT count(*) FROM loose").fetchone()[0]
+        detail = b.detail()  # parses the batch's Cause: once per batch, not per item
+        rows = [(key, b.status, detail) for key in map(_item_key, b.items or []) if key]
+        # rowcount counts the rows inserted, not those ignored as already there
+        self.loose_count += self.db.executemany("INSERT OR IGNORE INTO loose VALUES (?, ?, ?)", rows).rowcount
 
     def batch(self, batch_id: str) -> tuple[str, str | None, str | None] | None:
         """A batch's ResultWriter outcome, if any; the batch is marked as having a records file."""
