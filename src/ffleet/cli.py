@@ -183,11 +183,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_worker)
 
-    from ffleet.summarize import add_cli as add_summarize
+    def cmd_summarize(args: argparse.Namespace) -> int:  # imported on use, as above (sqlite3, the report)
+        from ffleet.summarize import cmd_summarize as run_summarize
 
-    add_summarize(sub)
+        return run_summarize(args)
 
-    from ffleet.submit import cmd_submit
+    p = sub.add_parser(
+        "summarize", help="print the summary of a finished run (ResultWriter manifest.json or a results folder)"
+    )
+    p.add_argument("location", help="s3://…/manifest.json, a local run's results folder, or a cloud results prefix")
+    p.add_argument("--json", action="store_true", help="print the summary object as JSON on stdout")
+    p.add_argument("--write", action="store_true",
+                   help="also write summary.json and failed-files.jsonl beside the results (cloud layout)")
+    p.add_argument("--results-prefix", default=None,
+                   help="where records/ and batches/ are, if not two levels above manifest.json")
+    p.add_argument("--tolerated-failure-percent", type=float, default=None,
+                   help="judge the run against this tolerance (default: the one in summary.json, else 0)")
+    p.set_defaults(func=cmd_summarize)
+
+    def cmd_submit(args: argparse.Namespace) -> int:  # imported on use, as above
+        from ffleet.submit import cmd_submit as run_submit
+
+        return run_submit(args)
 
     p = sub.add_parser("submit", help="upload a job request to a deployed stack's trigger bucket (starts a cloud run)")
     p.add_argument("request", help="path of the job request (JSON)")

@@ -734,22 +734,6 @@ def publish_metrics(metrics, summary: dict[str, Any]) -> None:
 
 
 # --- CLI -------------------------------------------------------------------------------------
-def add_cli(sub) -> None:
-    """`ffleet summarize LOCATION [--json] [--write]`."""
-    p = sub.add_parser(
-        "summarize", help="print the summary of a finished run (ResultWriter manifest.json or a results folder)"
-    )
-    p.add_argument("location", help="s3://…/manifest.json, a local run's results folder, or a cloud results prefix")
-    p.add_argument("--json", action="store_true", help="print the summary object as JSON on stdout")
-    p.add_argument("--write", action="store_true",
-                   help="also write summary.json and failed-files.jsonl beside the results (cloud layout)")
-    p.add_argument("--results-prefix", default=None,
-                   help="where records/ and batches/ are, if not two levels above manifest.json")
-    p.add_argument("--tolerated-failure-percent", type=float, default=None,
-                   help="judge the run against this tolerance (default: the one in summary.json, else 0)")
-    p.set_defaults(func=cmd_summarize)
-
-
 def cmd_summarize(args) -> int:
     import sys
 
