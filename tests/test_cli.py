@@ -135,3 +135,17 @@ def test_run_against_s3_endpoint(tmp_path, s3_endpoint, tone_cache):
     assert {k.rsplit("/", 1)[1] for k in results} == {"records.jsonl", "summary.json", "failed-files.jsonl", "report.html"}
     code, s2 = run_json(req)
     assert s2["files"]["skipped"] == 3
+
+
+def test_progress_lists_the_input_once(tmp_path, corpus, monkeypatch):
+    """The progress bar's total comes from the one listing the run processes (a spool), not a second pass."""
+    from ffleet import runner
+    from ffleet.request import parse_request
+
+    calls, seen = [], []
+    real = runner.list_items
+    monkeypatch.setattr(runner, "list_items", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    outcome = runner.run_request(parse_request(demo_request(corpus, tmp_path / "out", tolerated_percent=30)),
+                                 progress=lambda total, res: seen.append((total, res)), workers=2)
+    assert len(calls) == 1
+    assert seen[0] == (13, None) and len(seen) == 14 and outcome.summary["files"]["total"] == 13

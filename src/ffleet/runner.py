@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ffleet.inventory import list_items
 from ffleet.report import REPORT_FILE, render_html
@@ -20,7 +20,7 @@ from ffleet.request import JobRequest
 from ffleet.results import (
     FAILED, FAILED_FILE, NOT_DONE, RECORDS_FILE, SUMMARY_FILE, ItemResult, SummaryBuilder, failed_manifest_line,
 )
-from ffleet.storage import LocalStorage, StorageError, results_storage
+from ffleet.storage import ListedObject, LocalStorage, StorageError, results_storage
 from ffleet.worker import WorkContext, default_workers, run_items
 
 
@@ -61,6 +61,23 @@ def stop_on_signals(ctx: WorkContext):
             signal.signal(s, h)
 
 
+def _spool(items: Iterator[ListedObject], path: Path) -> tuple[Iterator[ListedObject], int]:
+    """Write items to path as they come, then return (items read back from it, how many)."""
+    total = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for obj in items:
+            f.write(json.dumps([obj.key, obj.size]) + "\n")
+            total += 1
+
+    def read_back() -> Iterator[ListedObject]:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                key, size = json.loads(line)
+                yield ListedObject(key=key, size=size)
+
+    return read_back(), total
+
+
 def run_request(
     request: JobRequest,
     workers: int | None = None,
@@ -88,11 +105,13 @@ def run_request(
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         # Items stream from the listing into the pool: a list of 3 million listed objects would hold
-        # ~1 GB (measured 364 bytes per file). The progress bar's total costs a counting pass.
-        total = sum(1 for _ in list_items(request, client)) if progress else 0
+        # ~1 GB (measured 364 bytes per file). The progress bar needs the total first, so the
+        # listing is spooled to a file as it is counted and read back from there: one pass over S3
+        # (3 million keys are 3,000 LIST calls) or the manifest, not two.
+        items, total = list_items(request, client), 0
         if progress:
+            items, total = _spool(items, wd / "listing.jsonl")
             progress(total, None)
-        items = list_items(request, client)
         with stop_on_signals(ctx), open(run_dir / RECORDS_FILE, "w", encoding="utf-8") as records, open(
             run_dir / FAILED_FILE, "w", encoding="utf-8"
         ) as failed:
