@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -29,12 +29,7 @@ class StartOutcome:
     ignored: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "started": self.started,
-            "already_running": self.already_running,
-            "rejected": self.rejected,
-            "ignored": self.ignored,
-        }
+        return asdict(self)
 
 
 def execution_name(label: str, *identity: str) -> str:
