@@ -16,8 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, TextIO
 
-from ffleet.inventory import KEY_FIELDS
-from ffleet.keys import is_folder_marker, matches_extensions
+from ffleet.inventory import item_key, wanted
 from ffleet.request import JobRequest, RequestError, parse_request
 from ffleet.results import INFRA_REASONS, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult, SummaryBuilder, read_records
 from ffleet.runner import stop_on_signals
@@ -101,22 +100,18 @@ def parse_batch(data: Any, source: str) -> BatchOfItems:
     raw_items = data.get("Items")
     if not isinstance(raw_items, list):
         raise InvalidBatch(f"{source}: Items: missing or not a list")
-    items: list[ListedObject] = []
-    seen: set[str] = set()
-    ignored = 0
+    listed: list[ListedObject] = []
     for n, raw in enumerate(raw_items):
-        key = next((raw[f] for f in KEY_FIELDS if isinstance(raw, dict) and f in raw), None)
-        if not isinstance(key, str) or not key:
+        key = item_key(raw)
+        if key is None:
             raise InvalidBatch(f"{source}: Items[{n}]: needs a non-empty 'Key' (or 'key') string")
         size = raw.get("Size", raw.get("size"))
-        # The map lists every object under the prefix; the request's filters apply here, as
-        # `ffleet run` applies them while listing. A key named twice is processed once.
-        if is_folder_marker(key) or not matches_extensions(key, request.input.extensions) or key in seen:
-            ignored += 1
-            continue
-        seen.add(key)
-        items.append(ListedObject(key, size if isinstance(size, int) else None))
-    return BatchOfItems(request=request, results_prefix=prefix, batch_id=batch_id, items=items, ignored=ignored)
+        listed.append(ListedObject(key, size if isinstance(size, int) else None))
+    # The map lists every object under the prefix; the request's filters apply here, as
+    # `ffleet run` applies them while listing. A key named twice is processed once.
+    items = list(wanted(listed, request.input.extensions, dedupe=True))
+    return BatchOfItems(request=request, results_prefix=prefix, batch_id=batch_id, items=items,
+                        ignored=len(listed) - len(items))
 
 
 def load_batch(env: Mapping[str, str], client=None) -> BatchOfItems:

@@ -18,6 +18,25 @@ class ManifestError(ValueError):
     pass
 
 
+def item_key(row: object) -> str | None:
+    """The key a manifest line or a map item names (the first of KEY_FIELDS it has), if a non-empty string."""
+    key = next((row[f] for f in KEY_FIELDS if isinstance(row, dict) and f in row), None)
+    return key if isinstance(key, str) and key else None
+
+
+def wanted(objects: Iterable[ListedObject], extensions, dedupe: bool) -> Iterator[ListedObject]:
+    """The objects to process: no folder markers, only the request's extensions, and with dedupe each key once."""
+    seen: set[str] = set()
+    for obj in objects:
+        if is_folder_marker(obj.key) or not matches_extensions(obj.key, extensions):
+            continue
+        if dedupe:
+            if obj.key in seen:
+                continue
+            seen.add(obj.key)
+        yield obj
+
+
 def parse_manifest(data: bytes, source: str) -> Iterator[ListedObject]:
     """Yield the keys of a manifest. JSON Lines when the first non-blank line starts with '{'."""
     text = data.decode("utf-8-sig")
@@ -30,8 +49,8 @@ def parse_manifest(data: bytes, source: str) -> Iterator[ListedObject]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ManifestError(f"{source} line {n}: not JSON ({exc.msg})") from None
-            key = next((row[f] for f in KEY_FIELDS if isinstance(row, dict) and f in row), None)
-            if not isinstance(key, str) or not key:
+            key = item_key(row)
+            if key is None:
                 raise ManifestError(f"{source} line {n}: no 'key' field")
             size = row.get("size") if isinstance(row.get("size"), int) else None
             yield ListedObject(key, size)
@@ -64,16 +83,8 @@ def list_items(request, client=None) -> Iterator[ListedObject]:
     else:
         storage, prefix = input_storage(request, client)
         source = storage.list(prefix)
-    seen: set[str] = set()
-    for obj in source:
-        if is_folder_marker(obj.key) or not matches_extensions(obj.key, request.input.extensions):
-            continue
-        if request.input.manifest:
-            # a manifest may name a key twice; process it once
-            if obj.key in seen:
-                continue
-            seen.add(obj.key)
-        yield obj
+    # a manifest may name a key twice; process it once (a listing names each key once)
+    yield from wanted(source, request.input.extensions, dedupe=bool(request.input.manifest))
 
 
 def batches(items: Iterable[ListedObject], size: int) -> Iterator[list[ListedObject]]:
