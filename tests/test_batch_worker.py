@@ -396,3 +396,27 @@ def test_stop_grace_from_the_environment():
     for bad in ("soon", "-1"):
         with pytest.raises(InvalidBatch, match="FFLEET_STOP_GRACE_SECONDS"):
             stop_grace_from_env({"FFLEET_STOP_GRACE_SECONDS": bad})
+
+
+@pytest.mark.parametrize("code, outcome", [
+    ("NoSuchKey", {}), ("404", {}),
+    ("AccessDenied", {}),  # a missing key, for a role without s3:ListBucket
+    ("NoSuchBucket", "cannot read s3://results/records/b1.jsonl: NoSuchBucket The bucket is gone"),
+])
+def test_previous_records_of_a_missing_key_are_none(code, outcome):
+    from botocore.exceptions import ClientError
+
+    from ffleet.batch_worker import BatchError, read_previous_records
+    from ffleet.storage import S3Storage
+
+    class Client:
+        def get_object(self, Bucket, Key):
+            raise ClientError({"Error": {"Code": code, "Message": "The bucket is gone"}}, "GetObject")
+
+    store = S3Storage("results", client=Client())
+    if isinstance(outcome, dict):
+        assert read_previous_records(store, "records/b1.jsonl") == outcome
+    else:
+        with pytest.raises(BatchError) as exc:
+            read_previous_records(store, "records/b1.jsonl")
+        assert str(exc.value) == outcome

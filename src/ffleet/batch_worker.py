@@ -20,7 +20,7 @@ from ffleet.inventory import item_key, wanted
 from ffleet.request import JobRequest, RequestError, parse_request
 from ffleet.results import INFRA_REASONS, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult, SummaryBuilder, read_records
 from ffleet.runner import stop_on_signals
-from ffleet.storage import ListedObject, S3Storage, StorageError, s3_client, split_s3_uri
+from ffleet.storage import Forbidden, ListedObject, NotFound, S3Storage, StorageError, s3_client, split_s3_uri
 from ffleet.worker import WorkContext, default_workers, run_items
 
 # Exit codes. Batch's retryStrategy and Step Functions' Retry can tell them apart:
@@ -254,17 +254,12 @@ def read_previous_records(store: S3Storage, key: str) -> dict[str, ItemResult]:
     attempt", so a role that may only Get and Put still works. Anything else (no such bucket, no
     route to S3) fails the job now, before any work that could not be recorded.
     """
-    from botocore.exceptions import ClientError
-
     try:
-        body = store.client.get_object(Bucket=store.bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchKey", "404", "AccessDenied", "403"):
-            return {}
-        raise BatchError(f"cannot read {store.uri(key)}: {code} {exc.response.get('Error', {}).get('Message', '')}".strip()) from None
-    except Exception as exc:  # noqa: BLE001 - connection errors and the like
-        raise BatchError(f"cannot read {store.uri(key)}: {exc}") from None
+        body = store.read_bytes(key)
+    except (NotFound, Forbidden):
+        return {}
+    except StorageError as exc:  # no such bucket, no route to S3...
+        raise BatchError(str(exc)) from None
     try:
         return {r.key: r for r in read_records(body.splitlines())}
     except (ValueError, TypeError):

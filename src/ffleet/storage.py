@@ -20,6 +20,10 @@ class NotFound(StorageError):
     pass
 
 
+class Forbidden(StorageError):
+    """S3 refused the request (AccessDenied). For a GetObject without s3:ListBucket, also what a missing key looks like."""
+
+
 @dataclass(frozen=True)
 class ListedObject:
     key: str
@@ -169,7 +173,8 @@ class S3Storage:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):
                 return NotFound(f"{self.uri(key)} does not exist")
-            return StorageError(f"cannot {what} {self.uri(key)}: {code} {exc.response.get('Error', {}).get('Message', '')}".strip())
+            kind = Forbidden if code in ("AccessDenied", "403") else StorageError
+            return kind(f"cannot {what} {self.uri(key)}: {code} {exc.response.get('Error', {}).get('Message', '')}".strip())
         return StorageError(f"cannot {what} {self.uri(key)}: {exc}")
 
     def list(self, prefix: str = "") -> Iterator[ListedObject]:
