@@ -18,7 +18,9 @@ from typing import Any, Mapping, TextIO
 
 from ffleet.inventory import item_key, wanted
 from ffleet.request import JobRequest, RequestError, parse_request
-from ffleet.results import INFRA_REASONS, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult, SummaryBuilder, read_records
+from ffleet.results import (
+    INFRA_REASONS, NOT_DONE, RECORDS_DIR, SKIPPED, SUCCEEDED, ItemResult, SummaryBuilder, read_records,
+)
 from ffleet.runner import stop_on_signals
 from ffleet.storage import Forbidden, ListedObject, NotFound, S3Storage, StorageError, s3_client, split_s3_uri
 from ffleet.worker import WorkContext, default_workers, run_items
@@ -64,7 +66,7 @@ class BatchOfItems:
 
     @property
     def records_uri(self) -> str:
-        return f"{self.results_prefix}records/{self.batch_id}.jsonl"
+        return f"{self.results_prefix}{RECORDS_DIR}{self.batch_id}.jsonl"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,8 +295,7 @@ def run_batch(
     ends the process, so they are written before ECS's SIGKILL, 30 s after its SIGTERM.
     """
     started = time.monotonic()
-    bucket, key_prefix = split_s3_uri(batch.results_prefix)
-    records_key = f"{key_prefix}records/{batch.batch_id}.jsonl"
+    bucket, records_key = split_s3_uri(batch.records_uri)
     results = S3Storage(bucket, client)
     previous = read_previous_records(results, records_key)
     work_dir = Path(tempfile.mkdtemp(prefix="ffleet-worker-"))
@@ -305,7 +306,7 @@ def run_batch(
     def finish(signalled: bool) -> int:
         """Write the records (one PUT: whole or nothing, and a retry's PUT replaces it) and log the summary."""
         ordered = list(state.done.values())
-        builder = SummaryBuilder().add_all(ordered)
+        builder = SummaryBuilder(dataset=None).add_all(ordered)  # the log line carries no dataset card
         write_error = None
         try:
             data = "".join(r.to_json() + "\n" for r in ordered).encode("utf-8")

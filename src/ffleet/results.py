@@ -17,7 +17,8 @@ FILE_REASONS = (
 INFRA_REASONS = ("storage_error", "interrupted", "batch_job_failed", "internal_error")
 
 # The files every run writes beside its results, locally and in the cloud (docs/contracts.md).
-RECORDS_FILE = "records.jsonl"  # a local run's per-file records (a cloud run has records/<batch_id>.jsonl)
+RECORDS_FILE = "records.jsonl"  # a local run's per-file records
+RECORDS_DIR = "records/"  # a cloud run's: records/<batch_id>.jsonl under the run's results prefix
 SUMMARY_FILE = "summary.json"
 FAILED_FILE = "failed-files.jsonl"
 

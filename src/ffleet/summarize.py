@@ -17,13 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ffleet.report import REPORT_FILE, render_html
 from ffleet.results import (
-    FAILED, FAILED_FILE, NOT_DONE, RECORDS_FILE, SUMMARY_FILE, SUCCEEDED, ItemResult, SummaryBuilder, failed_manifest_line,
+    FAILED, FAILED_FILE, NOT_DONE, RECORDS_DIR, RECORDS_FILE, SUMMARY_FILE, SUCCEEDED, ItemResult, SummaryBuilder, failed_manifest_line,
     read_records,
 )
 from ffleet.storage import LocalStorage, NotFound, S3Storage, Storage, StorageError, open_location, split_s3_uri
 
 
-RECORDS_DIR = "records/"
 BATCHES_DIR = "batches/"
 MANIFEST_FILE = "manifest.json"
 
