@@ -36,6 +36,7 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
     def fetch(self, key: str, dest: Path) -> int: ...
+    def readable_path(self, key: str, staging: Path) -> tuple[Path, int]: ...
     def store(self, src: Path, key: str, content_type: str | None = None) -> None: ...
     def read_bytes(self, key: str) -> bytes: ...
     def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
@@ -60,9 +61,17 @@ class LocalStorage:
     def uri(self, key: str) -> str:
         return str(self.root / key)
 
-    def local_path(self, key: str) -> Path:
-        """The absolute path of a key, for readers that can open it in place (refuses keys that escape)."""
-        return self._path(key)
+    def readable_path(self, key: str, staging: Path) -> tuple[Path, int]:
+        """(path, size) for FFmpeg to read key from: the file itself, in place (staging is not used).
+
+        Copying it cost ~2.5 ms of CPU per file (bench/). An absolute path, so FFmpeg never takes a
+        ':' in a name for a protocol; keys that escape the folder are refused.
+        """
+        path = self._path(key)
+        try:
+            return path, path.stat().st_size
+        except FileNotFoundError:  # vanished since it was listed
+            raise NotFound(f"{self.uri(key)} does not exist") from None
 
     def list(self, prefix: str = "") -> Iterator[ListedObject]:
         if not self.root.is_dir():
@@ -198,6 +207,13 @@ class S3Storage:
             return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, "read", key) from exc
+
+    def readable_path(self, key: str, staging: Path) -> tuple[Path, int]:
+        """(path, size) for FFmpeg to read key from: the object downloaded to staging.
+
+        Staging on disk costs ~5% against pipes (measured) and lets FFmpeg seek (m4a index at end).
+        """
+        return staging, self.fetch(key, staging)
 
     def fetch(self, key: str, dest: Path) -> int:
         try:

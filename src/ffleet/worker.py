@@ -22,7 +22,7 @@ from ffleet.keys import output_key
 from ffleet.policy import option_pairs
 from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
-from ffleet.storage import ListedObject, LocalStorage, NotFound, Storage, StorageError, input_storage, output_storage
+from ffleet.storage import ListedObject, NotFound, Storage, StorageError, input_storage, output_storage
 
 # Messages FFmpeg prints when the input itself is unreadable (rather than the options being wrong).
 _CORRUPT_PATTERNS = re.compile(
@@ -173,15 +173,9 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
         result.status = SKIPPED
         result.reason = None
         return
-    # 2. Fetch. Staging on disk costs ~5% against pipes (measured) and lets FFmpeg seek (m4a index at end).
-    #    A local folder needs no staging: FFmpeg reads the file where it is (an absolute path, so
-    #    FFmpeg never takes a ':' in a name for a protocol). Copying cost ~2.5 ms CPU per file (bench/).
-    if isinstance(ctx.input_store, LocalStorage):
-        src = ctx.input_store.local_path(item.key)
-        result.bytes_in = ctx.input_store.size(item.key)  # NotFound if it vanished since listing
-    else:
-        src = slot / ("input" + os.path.splitext(item.key)[1][:12])
-        result.bytes_in = ctx.input_store.fetch(item.key, src)
+    # 2. Fetch: an S3 object is staged on disk, a folder's file is read in place (Storage.readable_path).
+    staging = slot / ("input" + os.path.splitext(item.key)[1][:12])
+    src, result.bytes_in = ctx.input_store.readable_path(item.key, staging)
     if result.bytes_in == 0:
         result.reason, result.detail = "empty_input", "the input object is 0 bytes"
         return
