@@ -59,6 +59,11 @@ class ItemResult:
         return cls(**{k: v for k, v in d.items() if k in known and k != "extra"}, extra=extra)
 
 
+def summary_text(summary: dict[str, Any]) -> str:
+    """summary.json as ffleet writes it, locally and in the cloud."""
+    return json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+
+
 def read_records(lines: Iterable[str | bytes]) -> Iterator[ItemResult]:
     for line in lines:
         if isinstance(line, bytes):

@@ -18,7 +18,7 @@ from ffleet.inventory import list_items
 from ffleet.report import REPORT_FILE, render_html
 from ffleet.request import JobRequest
 from ffleet.results import (
-    FAILED, FAILED_FILE, NOT_DONE, RECORDS_FILE, SUMMARY_FILE, ItemResult, SummaryBuilder, failed_manifest_line,
+    FAILED, FAILED_FILE, NOT_DONE, RECORDS_FILE, SUMMARY_FILE, ItemResult, SummaryBuilder, failed_manifest_line, summary_text,
 )
 from ffleet.storage import ListedObject, LocalStorage, StorageError, results_storage
 from ffleet.worker import WorkContext, default_workers, run_items
@@ -133,7 +133,7 @@ def run_request(
             workers=workers or default_workers(),
             results=store.uri(run_prefix),
         )
-        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (run_dir / SUMMARY_FILE).write_text(summary_text(summary), encoding="utf-8")
         (run_dir / REPORT_FILE).write_text(render_html(summary), encoding="utf-8")
         if not isinstance(store, LocalStorage):
             try:

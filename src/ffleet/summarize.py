@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ffleet.report import REPORT_FILE, render_html
 from ffleet.results import (
     FAILED, FAILED_FILE, NOT_DONE, RECORDS_DIR, RECORDS_FILE, SUMMARY_FILE, SUCCEEDED, ItemResult, SummaryBuilder, failed_manifest_line,
-    read_records,
+    read_records, summary_text,
 )
 from ffleet.storage import LocalStorage, NotFound, S3Storage, Storage, StorageError, open_location, split_s3_uri
 
@@ -116,15 +116,13 @@ def read_chunks(store: Storage, key: str, size: int = CHUNK) -> Iterator[bytes]:
             yield chunk
 
 
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    rest = ""
+def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines of a byte stream. Split as bytes: a b"\n" never occurs inside a UTF-8 character, and
+    read_records decodes each line."""
+    rest = b""
     for chunk in chunks:
-        text = rest + decoder.decode(chunk)
-        lines = text.split("\n")
-        rest = lines.pop()
+        *lines, rest = (rest + chunk).split(b"\n")
         yield from lines
-    rest += decoder.decode(b"", final=True)
     if rest:
         yield rest
 
@@ -579,7 +577,7 @@ def summarize_cloud(
         )
         out = RunSummary(summary)
         if write:
-            store.write_bytes(prefix + SUMMARY_FILE, _summary_bytes(summary), content_type="application/json")
+            store.write_bytes(prefix + SUMMARY_FILE, summary_text(summary).encode("utf-8"), content_type="application/json")
             store.store(Path(tmp) / FAILED_FILE, prefix + FAILED_FILE, content_type="application/x-ndjson")
             # the dataset card as a page, the same one a local run writes
             store.write_bytes(prefix + REPORT_FILE, render_html(summary).encode("utf-8"), content_type="text/html; charset=utf-8")
@@ -610,10 +608,6 @@ def _report_missing(agg, ledger, batch_id, known, store, prefix, seen_keys: set[
             else:
                 status_here, detail_here = status, detail
             agg.add(unreported(key, status_here, detail_here, batch_id))
-
-
-def _summary_bytes(summary: dict[str, Any]) -> bytes:
-    return (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def summarize_event(event: SummarizeEvent, s3_client) -> RunSummary:
