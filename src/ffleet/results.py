@@ -75,7 +75,7 @@ def read_records(lines: Iterable[str | bytes]) -> Iterator[ItemResult]:
 class SummaryBuilder:
     """Aggregates result records one at a time; memory stays bounded whatever the run's size."""
 
-    def __init__(self, failure_list_limit: int = SUMMARY_FAILURE_LIST_LIMIT, dataset: Any = True):
+    def __init__(self, failure_list_limit: int = SUMMARY_FAILURE_LIST_LIMIT, dataset: bool | None = True):
         self.counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.bytes_in = 0
@@ -90,11 +90,10 @@ class SummaryBuilder:
         self.jobs: Counter[str] = Counter()
         self.job_retries = 0
         self.jobs_with_known_attempts = 0
-        if dataset is True:  # the dataset card (ffleet.dataset); pass None to leave it out
-            from ffleet.dataset import DatasetCardBuilder
+        # the dataset card (ffleet.dataset); dataset=False (or None) leaves it out
+        from ffleet.dataset import DatasetCardBuilder
 
-            dataset = DatasetCardBuilder()
-        self.dataset = dataset or None
+        self.dataset = DatasetCardBuilder() if dataset else None
 
     def add(self, r: ItemResult) -> None:
         self.counts[r.status] += 1
