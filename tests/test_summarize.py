@@ -51,10 +51,11 @@ class RunFixture:
         self.minute = 0
 
     def batch(self, batch_id: str, keys: list[str], status: str = "SUCCEEDED", records: list[dict] | None = None,
-              attempts: int = 1, inline_items: bool = True, reveal_id: bool = True, error: str = "States.TaskFailed"):
+              attempts: int = 1, inline_items: bool = True, reveal_id: bool = True, error: str = "States.TaskFailed",
+              request: dict | None = None):
         items = [{"Key": k, "Size": 1_000_000} for k in keys]
         batch_uri = f"s3://{self.bucket}/{self.prefix}batches/{batch_id}.json"
-        batch_input = {"request": {"name": "t"}, "results_prefix": f"s3://{self.bucket}/{self.prefix}"}
+        batch_input = {"request": request or {"name": "t"}, "results_prefix": f"s3://{self.bucket}/{self.prefix}"}
         if reveal_id:
             self.put(f"{self.prefix}batches/{batch_id}.json",
                      json.dumps({"BatchInput": {**batch_input, "batch_id": batch_id}, "Items": items}).encode())
@@ -231,6 +232,52 @@ def test_pending_batches_are_not_done_and_succeeded_batch_without_records(cloud_
     assert s["batches"]["pending"] == 1
     assert s["within_tolerance"] is False  # files left undone never count as within tolerance
     assert redrive_keys(folder / "failed-files.jsonl") == ["l/1.wav", "p/2.wav"]
+
+
+# What the Distributed Map hands a job, and what its worker makes of it: a folder marker, a file of
+# another extension and a repeated key are skipped without a record (batch_worker.parse_batch).
+LISTED_WITH_SKIPS = ["w/", "w/1.wav", "w/readme.txt", "w/1.wav", "w/2.WAV", "w/sub/"]
+PROCESSED = ["w/1.wav", "w/2.WAV"]
+
+
+@pytest.mark.parametrize("how", ["failed_inline_items", "failed_items_in_batch_object", "failed_id_hidden",
+                                 "result_writer_missing", "succeeded_without_records"])
+def test_keys_the_worker_skips_are_not_counted_for_an_unreported_batch(cloud_run, tmp_path, how):
+    """A batch that did not report its files has them counted as failed or not done: only the files
+    its worker would have processed, under the request's extensions, each once."""
+    run, summarize = cloud_run
+    # "wav": normalised to ".wav", as the worker does
+    request = {"name": "t", "input": {"s3_bucket": "in", "extensions": ["wav"]}, "output": {"s3_bucket": "out"}}
+    kw = {"status": "FAILED", "request": request}
+    if how == "failed_items_in_batch_object":
+        kw["inline_items"] = False
+    elif how == "failed_id_hidden":
+        kw["reveal_id"] = False
+    elif how == "result_writer_missing":
+        kw = {"request": request}
+    elif how == "succeeded_without_records":
+        kw = {"request": request, "inline_items": False}
+    run.batch("b1", LISTED_WITH_SKIPS, **kw)
+    if how == "result_writer_missing":
+        root = tmp_path / "bucket"
+        s = summarize_cloud(str(root / run.prefix), str(root / run.prefix / MAP_RUN / "manifest.json")).summary
+        folder = root / run.prefix
+    else:
+        result, folder = summarize(tolerated_failure_percent=100)
+        s = result.summary
+    assert s["files"]["total"] == len(PROCESSED)
+    assert sorted(f["key"] for f in s["failures"]) == PROCESSED
+    assert redrive_keys(folder / "failed-files.jsonl") == PROCESSED
+
+
+@pytest.mark.parametrize("request_", [None, {"name": "t", "input": {"extensions": [".wav"]}}],
+                         ids=["no_extensions", "request_no_longer_parses"])
+def test_without_extensions_only_markers_and_repeats_are_left_out(cloud_run, request_):
+    """With no extension filter to apply, every file is counted: none may be left out of the re-drive."""
+    run, summarize = cloud_run
+    run.batch("b1", LISTED_WITH_SKIPS, status="FAILED", inline_items=False, request=request_)
+    result, folder = summarize()
+    assert redrive_keys(folder / "failed-files.jsonl") == ["w/1.wav", "w/2.WAV", "w/readme.txt"]
 
 
 def test_caught_batch_failure_in_succeeded_file(tmp_path):

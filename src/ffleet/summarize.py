@@ -9,18 +9,23 @@ import re
 import sqlite3
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ffleet.inventory import item_key, wanted
 from ffleet.report import REPORT_FILE, render_html
+from ffleet.request import RequestError, parse_request
 from ffleet.results import (
     FAILED, FAILED_FILE, NOT_DONE, RECORDS_DIR, RECORDS_FILE, SUMMARY_FILE, SUCCEEDED, ItemResult, SummaryBuilder, failed_manifest_line,
     read_records, summary_text,
 )
-from ffleet.storage import LocalStorage, NotFound, S3Storage, Storage, StorageError, open_location, split_s3_uri
+from ffleet.storage import (
+    ListedObject, LocalStorage, NotFound, S3Storage, Storage, StorageError, open_location, split_s3_uri,
+)
 
 
 BATCHES_DIR = "batches/"
@@ -202,6 +207,7 @@ class BatchOutcome:
     batch_id: str | None
     items: list[dict[str, Any]] | None
     retries: int | None
+    request: dict[str, Any] | None = None  # the request the job was given (BatchInput.request)
     error: str | None = None
     cause: str | None = None
     start: float | None = None
@@ -317,12 +323,14 @@ def parse_entry(entry: Any, group: str) -> BatchOutcome:
                     break
 
     items = child_input.get("Items") if isinstance(child_input, dict) else None
+    request = batch_input.get("request") if isinstance(batch_input, dict) else None
     attempts = _find_key(output, "Attempts")
     if not isinstance(attempts, list):
         attempts = _find_key(cause_json, "Attempts")
     retries = max(len(attempts) - 1, 0) if isinstance(attempts, list) and attempts else None
     return BatchOutcome(
         status=status, batch_id=batch_id, items=items if isinstance(items, list) else None, retries=retries,
+        request=request if isinstance(request, dict) else None,
         error=str(error) if error else None, cause=str(cause) if cause else None,
         start=_timestamp(entry.get("StartDate")), stop=_timestamp(entry.get("StopDate")),
     )
@@ -371,18 +379,18 @@ class _Ledger:
         self.loose_count = 0
 
     def add_batch(self, b: BatchOutcome) -> None:
-        # Items are kept only for batches that did not succeed: those are the ones whose files
+        # Keys are kept only for batches that did not succeed: those are the ones whose files
         # may never have reported.
-        items = json.dumps(b.items) if b.items is not None and b.status != SUCCEEDED else None
+        keys = json.dumps(worker_keys(b.items, b.request)) if b.items is not None and b.status != SUCCEEDED else None
         self.db.execute(
             "INSERT OR REPLACE INTO batch(id, status, detail, items) VALUES (?, ?, ?, ?)",
-            (b.batch_id, b.status, b.detail() if b.status != SUCCEEDED else None, items),
+            (b.batch_id, b.status, b.detail() if b.status != SUCCEEDED else None, keys),
         )
 
     def add_loose(self, b: BatchOutcome) -> None:
         """Items of a failed batch whose id ResultWriter did not reveal: matched by key instead."""
         detail = b.detail()  # parses the batch's Cause: once per batch, not per item
-        rows = [(key, b.status, detail) for key in map(_item_key, b.items or []) if key]
+        rows = [(key, b.status, detail) for key in worker_keys(b.items, b.request)]
         # rowcount counts the rows inserted, not those ignored as already there
         self.loose_count += self.db.executemany("INSERT OR IGNORE INTO loose VALUES (?, ?, ?)", rows).rowcount
 
@@ -419,11 +427,25 @@ class _Ledger:
         self.db.close()
 
 
-def _item_key(item: Any) -> str | None:
-    if isinstance(item, dict):
-        key = item.get("Key", item.get("key"))
-        return key if isinstance(key, str) else None
-    return item if isinstance(item, str) else None
+@lru_cache(maxsize=16)
+def _request_extensions(request_json: str) -> tuple[str, ...] | None:
+    """The input extensions a batch's worker filtered by. None (no filter) when the request no longer
+    parses: then a file of another extension may be counted, but none is left out."""
+    try:
+        extensions = parse_request(json.loads(request_json)).input.extensions
+    except (RequestError, ValueError):
+        return None
+    return tuple(extensions) if extensions else None
+
+
+def worker_keys(items: Any, request: Any) -> list[str]:
+    """The keys of a batch's items that its worker processes, and so must report: as
+    batch_worker.parse_batch filters them, no folder markers, only the request's extensions, each once."""
+    if not isinstance(items, list):
+        return []
+    extensions = _request_extensions(json.dumps(request, sort_keys=True)) if isinstance(request, dict) else None
+    listed = [ListedObject(key) for key in map(item_key, items) if key]
+    return [o.key for o in wanted(listed, list(extensions) if extensions else None, dedupe=True)]
 
 
 def unreported(key: str, batch_status: str, detail: str | None, batch_id: str | None) -> ItemResult:
@@ -586,22 +608,23 @@ def summarize_cloud(
 
 
 def _report_missing(agg, ledger, batch_id, known, store, prefix, seen_keys: set[str]) -> None:
-    status, detail, items_json = known
-    if items_json is not None:
-        items = json.loads(items_json)
+    status, detail, keys_json = known
+    if keys_json is not None:
+        keys = json.loads(keys_json)
     else:
         # Items were not inline in the child's input: read the batch object the child wrote.
         try:
             obj = json.loads(store.read_bytes(f"{prefix}{BATCHES_DIR}{batch_id}.json"))
-            items = obj.get("Items") or []
         except NotFound:
-            items = []  # nothing says which files it had; the job still counts as failed
+            obj = {}  # nothing says which files it had; the job still counts as failed
         except json.JSONDecodeError as exc:
             raise SummarizeError(f"{store.uri(prefix + BATCHES_DIR + batch_id + '.json')}: not JSON ({exc.msg})") from None
-    for item in items:
-        key = _item_key(item)
-        if key and key not in seen_keys:
-            seen_keys.add(key)  # a batch may name a key twice
+        batch_input = obj.get("BatchInput") if isinstance(obj, dict) else None
+        keys = worker_keys(obj.get("Items") if isinstance(obj, dict) else None,
+                           batch_input.get("request") if isinstance(batch_input, dict) else None)
+    for key in keys:
+        if key not in seen_keys:
+            seen_keys.add(key)
             claimed = ledger.claim(key)
             if claimed and status == UNKNOWN:
                 status_here, detail_here = claimed  # the failed child ResultWriter reported without an id
