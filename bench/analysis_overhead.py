@@ -7,9 +7,11 @@ prints the CPU-time ratios (FFmpeg's own CPU time from wait4):
   measure_at source, true_peak false and true.
 With --worker it times the whole worker per file instead (ffleet.worker.process_item: FFmpeg plus
 the ffprobe that verifies the output), which is what a Batch job pays per file. --source mp3 makes
-the inputs 128 kb/s MP3 (a compressed source costs more to decode) instead of 16-bit WAV. Usage:
+the inputs 128 kb/s MP3 (a compressed source costs more to decode) instead of 16-bit WAV.
+With --breakdown it times the output tap's parts instead: the tap with no filter (split, convert,
+null sink), each analysis filter alone on the tap, and the whole chain. Usage:
     python bench/analysis_overhead.py [--files 8] [--seconds 60] [--rounds 3] [--options "-ac 1 -ar 16000"]
-                                      [--ext .flac] [--source wav|mp3] [--worker]
+                                      [--ext .flac] [--source wav|mp3] [--worker | --breakdown]
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from ffleet.audio_quality import analysis_filter_parts, analysis_filters  # noqa: E402
 from ffleet.demo import FORMATS  # noqa: E402
 from ffleet.ffmpeg import find_binaries, run_process  # noqa: E402
 from ffleet.request import parse_request  # noqa: E402
@@ -61,6 +64,28 @@ def context(folder: Path, options: str, ext: str, measure: bool, true_peak: bool
     return WorkContext.for_request(req, work_dir=folder)
 
 
+def breakdown_chains() -> list[tuple[str, str, str]]:
+    """(name, label, analysis chain) for --breakdown: each filter alone on the tap, then the whole chain."""
+    sample, true = analysis_filter_parts(true_peak=False), analysis_filter_parts(true_peak=True)
+    return [
+        ("tap_only", "tap, no filter", ""),
+        ("astats", "tap + astats", sample["astats"]),
+        ("ebur128_sample_peak", "tap + ebur128, sample peak", sample["ebur128"]),
+        ("ebur128_true_peak", "tap + ebur128, true peak", true["ebur128"]),
+        ("silencedetect", "tap + silencedetect", sample["silencedetect"]),
+        ("all_sample_peak", "tap + all, sample peak", analysis_filters(true_peak=False)),
+    ]
+
+
+def with_chain(argv: list[str], chain: str) -> list[str]:
+    """The measuring argv with its analysis chain replaced by `chain` ("" leaves the tap's null sink alone)."""
+    full = analysis_filters(true_peak=False)
+    i = argv.index("-filter_complex") + 1
+    if full not in argv[i]:
+        sys.exit("--breakdown: the tap's graph does not hold the analysis chain; audio_quality has changed")
+    return [*argv[:i], argv[i].replace(full + ",", chain + "," if chain else ""), *argv[i + 1:]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=8)
@@ -69,7 +94,9 @@ def main() -> None:
     ap.add_argument("--options", default="-ac 1 -ar 16000")
     ap.add_argument("--ext", default=".flac")
     ap.add_argument("--source", choices=["wav", "mp3"], default="wav")
-    ap.add_argument("--worker", action="store_true", help="time process_item (FFmpeg + ffprobe) per file")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--worker", action="store_true", help="time process_item (FFmpeg + ffprobe) per file")
+    how.add_argument("--breakdown", action="store_true", help="time each analysis filter alone on the output tap")
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ffleet-bench-"))
     try:
@@ -80,6 +107,12 @@ def main() -> None:
         for name, ctx in ways[1:3]:
             if ctx.measure_tap(folder / f"x{args.ext}") is None:
                 sys.exit(f"{name}: these options fall back to measuring the source; nothing to compare")
+        labels = {name: label for name, label, *_ in VARIANTS}
+        chains: dict[str, str] = {}
+        if args.breakdown:  # the plain conversion, then the sample-peak tap's argv with other chains
+            chains = {name: chain for name, _, chain in breakdown_chains()}
+            labels.update({name: label for name, label, _ in breakdown_chains()})
+            ways = [ways[0]] + [(name, ways[1][1]) for name in chains]
         cpu = {name: 0.0 for name, _ in ways}
         for r in range(args.rounds):
             for i, src in enumerate(inputs):
@@ -90,7 +123,10 @@ def main() -> None:
                         if res.status != "succeeded":
                             sys.exit(f"worker failed ({name}): {res.reason} {res.detail}")
                     else:
-                        res = run_process(ctx.ffmpeg_argv(src, folder / f"out-{name}{args.ext}"), timeout=600)
+                        argv = ctx.ffmpeg_argv(src, folder / f"out-{name}{args.ext}")
+                        if name in chains:
+                            argv = with_chain(argv, chains[name])
+                        res = run_process(argv, timeout=600)
                         if res.returncode != 0:
                             sys.exit(f"ffmpeg failed ({name}): {res.stderr[-500:]}")
                     cpu[name] += res.cpu_seconds
@@ -98,7 +134,6 @@ def main() -> None:
         what = "whole worker per file (FFmpeg + ffprobe)" if args.worker else "FFmpeg only"
         print(f"conversion: {args.source} 44.1 kHz stereo, {args.options!r} -> {args.ext}, "
               f"{args.files} files x {args.seconds:g} s x {args.rounds} rounds; {what}")
-        labels = {name: label for name, label, *_ in VARIANTS}
         for name, _ in ways:
             line = f"{labels[name]:28s} CPU {cpu[name]:7.2f} s  ({cpu[name] / audio_s * 3600:6.1f} s per audio hour)"
             if name != "plain":

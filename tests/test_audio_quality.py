@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from ffleet import audio_quality
 from ffleet.audio_quality import analysis_args, global_args, parse_measurements
 from ffleet.ffmpeg import find_binaries
@@ -414,3 +416,19 @@ def test_astats_lines_parse_under_both_log_names(prefix):
     m = parse_measurements(log)
     assert m.dc_offset == -0.02 and m.dc_offset_flag is True
     assert m.clipped_samples == 12 and m.clipped is True
+
+
+# --- the analysis benchmark's harness (not its figures: those are not checked) ----------------------
+
+@pytest.mark.parametrize("mode", [[], ["--breakdown"]], ids=["five_ways", "breakdown"])
+def test_analysis_bench_runs_every_way_it_prints(mode):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "analysis_overhead.py"), "--files", "1", "--seconds", "2", "--rounds", "1", *mode],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if " CPU " in line]
+    expected = ["tap, no filter", "tap + astats", "tap + ebur128, true peak", "tap + all, sample peak"] if mode \
+        else ["output, true_peak false", "source, true_peak"]
+    assert rows[0].startswith("no analysis") and all(any(r.startswith(e) for r in rows) for e in expected), proc.stdout
+    assert len(rows) == (7 if mode else 5) and all("ratio" in r for r in rows[1:])

@@ -67,19 +67,26 @@ ANALYSIS_STDERR_LIMIT = 1_000_000
 _LEVELS = {"quiet": -8, "panic": 0, "fatal": 8, "error": 16, "warning": 24, "info": 32, "verbose": 40, "debug": 48, "trace": 56}
 
 
-def analysis_filters(true_peak: bool = True) -> str:
-    """The analysis chain. Named instances (name@id) make their log lines ours to parse."""
-    return (
+def analysis_filter_parts(true_peak: bool = True) -> dict[str, str]:
+    """The analysis filters by name, in chain order (bench/analysis_overhead.py --breakdown times each).
+
+    Named instances (name@id) make their log lines ours to parse.
+    """
+    return {
         # astats first, on the decoder's own sample format: integer full scale is then exact
-        "astats@ffleet_astats=metadata=0:measure_perchannel=none:"
-        "measure_overall=DC_offset+Peak_level+Peak_count+Number_of_samples,"
+        "astats": "astats@ffleet_astats=metadata=0:measure_perchannel=none:"
+                  "measure_overall=DC_offset+Peak_level+Peak_count+Number_of_samples",
         # framelog=verbose keeps ebur128's 10-lines-a-second log out of the info log
-        f"ebur128@ffleet_ebur128=peak={'true' if true_peak else 'sample'}:framelog=verbose,"
+        "ebur128": f"ebur128@ffleet_ebur128=peak={'true' if true_peak else 'sample'}:framelog=verbose",
         # silencedetect logs under its class name, not the instance name: a silencedetect in the
         # user's own -af would be counted too (documented)
-        f"silencedetect=noise={SILENCE_NOISE_DB:g}dB:duration={SILENCE_MIN_SECONDS:g}"
-    )
+        "silencedetect": f"silencedetect=noise={SILENCE_NOISE_DB:g}dB:duration={SILENCE_MIN_SECONDS:g}",
+    }
 
+
+def analysis_filters(true_peak: bool = True) -> str:
+    """The analysis chain: every part of analysis_filter_parts, in order."""
+    return ",".join(analysis_filter_parts(true_peak).values())
 
 
 def measuring(request: "JobRequest", tokens: dict[str, list[str]]) -> bool:
