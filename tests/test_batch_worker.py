@@ -20,13 +20,13 @@ from ffleet.batch_worker import (
     EXIT_INVALID,
     EXIT_OK,
     InvalidBatch,
-    cgroup_cpu_limit,
     ecs_cpu_limit,
     job_workers,
     parse_batch,
     stop_grace_from_env,
 )
 from ffleet.ffmpeg import find_binaries
+from ffleet.worker import cgroup_cpu_limit, default_workers
 
 IN, OUT, RESULTS = "media-in", "media-out", "ffleet-results"
 # What container/Dockerfile sets: Debian's ffmpeg and ffprobe (bookworm's 5.1, as on this machine).
@@ -349,6 +349,16 @@ def test_cgroup_cpu_limit(tmp_path):
     assert cgroup_cpu_limit(v1) == 4
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert cgroup_cpu_limit(v1) is None
+
+
+def test_default_workers_is_capped_by_a_container_quota(tmp_path):
+    """`ffleet run` in a container started with --cpus 1 runs one FFmpeg, however many CPUs the host shows."""
+    cpus = len(os.sched_getaffinity(0))
+    assert default_workers(tmp_path) == cpus  # no quota file: every usable CPU
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    assert default_workers(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text(f"{(cpus + 3) * 100000} 100000\n")
+    assert default_workers(tmp_path) == cpus  # a quota above the CPUs does not add FFmpegs
 
 
 @pytest.fixture

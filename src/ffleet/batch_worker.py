@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -146,23 +145,6 @@ def load_batch(env: Mapping[str, str], client=None) -> BatchOfItems:
 # How many FFmpegs at once
 
 
-def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The container's CPU quota in whole CPUs (cgroup v2 cpu.max, or v1 cfs quota), if it has one."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return max(1, math.ceil(int(quota) / int(period)))
-        return None
-    except (OSError, ValueError):
-        pass
-    try:
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 and period_us > 0 else None
-    except (OSError, ValueError):
-        return None
-
-
 def ecs_cpu_limit(env: Mapping[str, str], timeout: float = 1.0) -> int | None:
     """The job's vCPUs from the ECS container metadata (Limits.CPU, in CPU units), if available."""
     uri = env.get("ECS_CONTAINER_METADATA_URI_V4")
@@ -187,7 +169,7 @@ def job_workers(env: Mapping[str, str], cgroup_root: Path = Path("/sys/fs/cgroup
         if n < 1:
             raise InvalidBatch(f"FFLEET_WORKERS: must be a whole number >= 1, got {value!r}")
         return n
-    limits = [default_workers(), cgroup_cpu_limit(cgroup_root), ecs_cpu_limit(env)]
+    limits = [default_workers(cgroup_root), ecs_cpu_limit(env)]
     return min(n for n in limits if n)
 
 

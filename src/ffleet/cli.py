@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a job request on this machine")
     p.add_argument("request", help="path of the job request (JSON)")
-    p.add_argument("--workers", type=int, default=None, help="FFmpeg processes at once (default: one per CPU)")
+    p.add_argument("--workers", type=int, default=None, help="FFmpeg processes at once (default: one per usable CPU, capped by a container's CPU quota)")
     p.add_argument("--json", action="store_true", help="print the summary object as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_run)
