@@ -194,3 +194,25 @@ def test_input_info_counts_channels(layout, channels):
            f"  Stream #0:0: Audio: pcm_s16le ([1][0][0][0] / 0x0001), 48000 Hz, {layout}, s16, 1536 kb/s\n")
     info = parse_input_info(log)
     assert (info.audio_codec, info.sample_rate, info.channels) == ("pcm_s16le", 48000, channels)
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_iter_chunks_streams_an_object_and_names_what_is_missing(tmp_path, backend, request):
+    """Both stores stream the same bytes in bounded chunks, and fail the same way."""
+    from ffleet.storage import NotFound, S3Storage, StorageError
+
+    data = bytes(range(256)) * 1000  # 256 kB
+    if backend == "local":
+        store = LocalStorage(tmp_path)
+    else:
+        client = request.getfixturevalue("s3_endpoint")
+        client.create_bucket(Bucket="chunks")
+        store = S3Storage("chunks", client)
+    store.write_bytes("a dir/obj+1.bin", data)
+    chunks = list(store.iter_chunks("a dir/obj+1.bin", size=50_000))
+    assert b"".join(chunks) == data and max(map(len, chunks)) <= 50_000 and len(chunks) >= 6
+    with pytest.raises(NotFound, match="missing.bin does not exist"):
+        list(store.iter_chunks("missing.bin"))
+    if backend == "local":  # a key may not lead out of the folder
+        with pytest.raises(StorageError, match="escapes"):
+            list(store.iter_chunks("../outside.bin"))

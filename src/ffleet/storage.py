@@ -12,6 +12,9 @@ from typing import Iterator, Protocol
 from urllib.parse import urlparse
 
 
+CHUNK = 1 << 16  # bytes per read when an object is streamed
+
+
 class StorageError(RuntimeError):
     """Storage could not be read or written (after retries). The file is not the problem."""
 
@@ -39,6 +42,7 @@ class Storage(Protocol):
     def readable_path(self, key: str, staging: Path) -> tuple[Path, int]: ...
     def store(self, src: Path, key: str, content_type: str | None = None) -> None: ...
     def read_bytes(self, key: str) -> bytes: ...
+    def iter_chunks(self, key: str, size: int = CHUNK) -> Iterator[bytes]: ...
     def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
 
 
@@ -130,6 +134,18 @@ class LocalStorage:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"{self.uri(key)} does not exist") from None
+
+    def iter_chunks(self, key: str, size: int = CHUNK) -> Iterator[bytes]:
+        """The file's bytes, a chunk at a time (never the whole file in memory)."""
+        try:
+            f = open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"{self.uri(key)} does not exist") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.uri(key)}: {exc.strerror}") from exc
+        with f:
+            while chunk := f.read(size):
+                yield chunk
 
     def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         with tempfile.NamedTemporaryFile(delete=False, dir=self.root if self.root.exists() else None) as f:
@@ -235,6 +251,19 @@ class S3Storage:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, "read", key) from exc
+
+    def iter_chunks(self, key: str, size: int = CHUNK) -> Iterator[bytes]:
+        """The object's bytes, a chunk at a time (never the whole object in memory)."""
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, "read", key) from exc
+        try:
+            yield from body.iter_chunks(size)
+        except Exception as exc:  # noqa: BLE001 - a connection lost mid-object
+            raise self._error(exc, "read", key) from exc
+        finally:
+            body.close()
 
     def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         try:

@@ -24,14 +24,14 @@ from ffleet.results import (
     read_records, summary_text,
 )
 from ffleet.storage import (
-    ListedObject, LocalStorage, NotFound, S3Storage, Storage, StorageError, open_location, split_s3_uri,
+    CHUNK, ListedObject, LocalStorage, NotFound, S3Storage, Storage, StorageError, open_location, split_s3_uri,
 )
 
 
 BATCHES_DIR = "batches/"
 MANIFEST_FILE = "manifest.json"
 
-CHUNK = 1 << 16
+
 # ResultWriter groups child executions by status; these statuses mean the child (one Batch job) failed.
 FAILED_CHILD_STATUSES = ("FAILED", "TIMED_OUT", "ABORTED")
 UNKNOWN = "unknown"  # a batch object with neither records nor a ResultWriter entry
@@ -94,33 +94,6 @@ def _request_settings(request: dict[str, Any]) -> tuple[str | None, float]:
 
 
 # --- streaming readers ----------------------------------------------------------------------
-def read_chunks(store: Storage, key: str, size: int = CHUNK) -> Iterator[bytes]:
-    """An object's bytes, a chunk at a time (never the whole object in memory)."""
-    if isinstance(store, S3Storage):
-        from botocore.exceptions import ClientError
-
-        try:
-            body = store.client.get_object(Bucket=store.bucket, Key=key)["Body"]
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchKey", "NotFound"):
-                raise NotFound(f"{store.uri(key)} does not exist") from None
-            raise StorageError(f"cannot read {store.uri(key)}: {code}") from exc
-        try:
-            yield from body.iter_chunks(size)
-        finally:
-            body.close()
-        return
-    path = Path(store.uri(key))
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise NotFound(f"{path} does not exist") from None
-    with f:
-        while chunk := f.read(size):
-            yield chunk
-
-
 def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Lines of a byte stream. Split as bytes: a b"\n" never occurs inside a UTF-8 character, and
     read_records decodes each line."""
@@ -193,7 +166,7 @@ def iter_json_values(chunks: Iterable[bytes], source: str) -> Iterator[Any]:
 
 def iter_records(store: Storage, key: str) -> Iterator[ItemResult]:
     try:
-        yield from read_records(iter_lines(read_chunks(store, key)))
+        yield from read_records(iter_lines(store.iter_chunks(key)))
     except json.JSONDecodeError as exc:
         raise SummarizeError(f"{store.uri(key)}: a record is not JSON ({exc.msg})") from None
 
@@ -358,7 +331,7 @@ def read_result_writer(store: Storage, manifest_key: str) -> tuple[dict[str, Any
                     raise SummarizeError(f"{store.uri(manifest_key)}: ResultFiles.{group}[{n}] has no 'Key'")
                 if isinstance(store, LocalStorage):
                     key = posixpath.join(posixpath.dirname(manifest_key), posixpath.basename(key))
-                for entry in iter_json_values(read_chunks(source, key), source.uri(key)):
+                for entry in iter_json_values(source.iter_chunks(key), source.uri(key)):
                     yield parse_entry(entry, group)
 
     return manifest, entries()
