@@ -539,3 +539,22 @@ def test_cli_summarize_s3_manifest(s3_endpoint, tmp_path):
 
     missing = run_cli("summarize", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "nowhere" in missing.stderr
+
+
+def test_summarize_s3_location_builds_one_client(s3_endpoint, monkeypatch):
+    """`ffleet summarize s3://...` reads the manifest, the records and the batches through one client."""
+    import ffleet.storage
+    from ffleet.summarize import summarize_location
+
+    s3_endpoint.create_bucket(Bucket="results")
+    run = RunFixture(lambda k, d: s3_endpoint.put_object(Bucket="results", Key=k, Body=d))
+    run.batch("b1", ["a.wav"], records=[record("a.wav")])
+    run.batch("b2", ["c.wav"], status="FAILED", inline_items=False)
+    run.finish()
+    made = []
+    real = ffleet.storage.s3_client
+    monkeypatch.setattr(ffleet.storage, "s3_client", lambda: made.append(1) or real())
+    monkeypatch.setattr("ffleet.summarize.make_s3_client", ffleet.storage.s3_client)
+    s = summarize_location(f"s3://results/{run.prefix}", write=True).summary
+    assert s["files"]["succeeded"] == 1 and s["files"]["failed"] == 1
+    assert len(made) == 1

@@ -26,6 +26,7 @@ from ffleet.results import (
 from ffleet.storage import (
     CHUNK, ListedObject, LocalStorage, NotFound, S3Storage, Storage, StorageError, open_location, split_s3_uri,
 )
+from ffleet.storage import s3_client as make_s3_client
 
 
 BATCHES_DIR = "batches/"
@@ -644,6 +645,8 @@ def summarize_location(location: str, *, s3_client=None, write: bool = False, re
                        tolerated_failure_percent: float | None = None) -> RunSummary:
     """What `ffleet summarize` takes: a ResultWriter manifest.json (s3:// or local), a local run's
     results folder, or a cloud results prefix/folder (records/ and <map-run-id>/manifest.json)."""
+    if s3_client is None and location.startswith("s3://"):
+        s3_client = make_s3_client()  # one client (and one credentials lookup) for every read below
     if location.endswith(MANIFEST_FILE):
         if results_prefix is None:
             # <results_prefix><map-run-id>/manifest.json
