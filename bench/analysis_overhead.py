@@ -16,6 +16,7 @@ null sink), each analysis filter alone on the tap, and the whole chain. Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -74,15 +75,24 @@ def breakdown_chains() -> list[tuple[str, str, str]]:
         ("ebur128_true_peak", "tap + ebur128, true peak", true["ebur128"]),
         ("silencedetect", "tap + silencedetect", sample["silencedetect"]),
         ("all_sample_peak", "tap + all, sample peak", analysis_filters(true_peak=False)),
+        # the floor for any analyser outside FFmpeg: the tapped audio written out as raw PCM
+        ("pcm_output", "tap as a raw PCM output", PCM_OUTPUT),
     ]
 
 
+PCM_OUTPUT = "<pcm output>"
+
+
 def with_chain(argv: list[str], chain: str) -> list[str]:
-    """The measuring argv with its analysis chain replaced by `chain` ("" leaves the tap's null sink alone)."""
+    """The measuring argv with its analysis chain replaced by `chain` ("" leaves the tap's null sink
+    alone; PCM_OUTPUT sends the tapped audio to a second output, raw 16-bit PCM into /dev/null)."""
     full = analysis_filters(true_peak=False)
     i = argv.index("-filter_complex") + 1
-    if full not in argv[i]:
+    if full + ",anullsink" not in argv[i]:
         sys.exit("--breakdown: the tap's graph does not hold the analysis chain; audio_quality has changed")
+    if chain == PCM_OUTPUT:
+        graph = argv[i].replace(full + ",anullsink", "anull[ffleet_pcm]")
+        return [*argv[:i], graph, *argv[i + 1:], "-map", "[ffleet_pcm]", "-c:a", "pcm_s16le", "-f", "s16le", "-y", os.devnull]
     return [*argv[:i], argv[i].replace(full + ",", chain + "," if chain else ""), *argv[i + 1:]]
 
 

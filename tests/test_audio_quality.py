@@ -428,7 +428,7 @@ def test_analysis_bench_runs_every_way_it_prints(mode):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if " CPU " in line]
-    expected = ["tap, no filter", "tap + astats", "tap + ebur128, true peak", "tap + all, sample peak"] if mode \
+    expected = ["tap, no filter", "tap + astats", "tap + ebur128, true peak", "tap + all, sample peak", "tap as a raw PCM output"] if mode \
         else ["output, true_peak false", "source, true_peak"]
     assert rows[0].startswith("no analysis") and all(any(r.startswith(e) for r in rows) for e in expected), proc.stdout
-    assert len(rows) == (7 if mode else 5) and all("ratio" in r for r in rows[1:])
+    assert len(rows) == (8 if mode else 5) and all("ratio" in r for r in rows[1:])
