@@ -232,21 +232,23 @@ def _hook_moto(monkeypatch, submitted: list, summarize_handler):
 
 
 def _stand_in_worker(batch_uri: str) -> bool:
-    """Stand-in for `ffleet worker` (no container here): read the batch object, write one record per item.
+    """Stand-in for `ffleet worker` (no container here): read and filter the batch object as the worker
+    does (batch_worker.parse_batch), and write one record per file it would process; no FFmpeg.
 
     Returns True when the job should fail (an item key contains FAIL_MARK)."""
     import boto3
 
+    from ffleet.batch_worker import parse_batch
+
     s3 = boto3.client("s3", region_name=REGION)
     bucket, key = batch_uri[5:].split("/", 1)
-    batch = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    keys = [item.get("Key") or item.get("key") for item in batch["Items"]]
+    batch = parse_batch(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()), batch_uri)
+    keys = [item.key for item in batch.items]
     if any(FAIL_MARK in k for k in keys):
         return True
-    info = batch["BatchInput"]
-    rb, rp = info["results_prefix"][5:].split("/", 1)
-    lines = [ItemResult(key=k, status="succeeded", output_key="out/" + k).to_json() for k in keys]
-    s3.put_object(Bucket=rb, Key=f"{rp}records/{info['batch_id']}.jsonl", Body="\n".join(lines).encode())
+    rb, rp = batch.results_prefix[5:].split("/", 1)
+    lines = [ItemResult(key=k, status="succeeded", output_key="out/" + k).to_json() + "\n" for k in keys]
+    s3.put_object(Bucket=rb, Key=f"{rp}records/{batch.batch_id}.jsonl", Body="".join(lines).encode())
     return False
 
 
@@ -297,7 +299,12 @@ def _keys(s3, bucket: str, prefix: str) -> list[str]:
 def test_s3_event_runs_the_map_and_summarizes(cloud):
     for name in ("in/a.wav", "in/b c.wav", f"in/{FAIL_MARK}.wav"):
         cloud.s3.put_object(Bucket=MEDIA, Key=name, Body=b"RIFF")
-    event = _put_request(cloud, "jobs/podcast episodes (ep 1).json", _request())
+    # listed by the map, skipped by the worker: a console folder marker and a file of another extension
+    cloud.s3.put_object(Bucket=MEDIA, Key="in/", Body=b"")
+    cloud.s3.put_object(Bucket=MEDIA, Key="in/notes.txt", Body=b"not media")
+    request = _request()
+    request["input"]["extensions"] = [".wav"]
+    event = _put_request(cloud, "jobs/podcast episodes (ep 1).json", request)
 
     out = cloud.start.handler(event, FakeContext())
     assert len(out["started"]) == 1 and not out["rejected"], out
@@ -309,11 +316,11 @@ def test_s3_event_runs_the_map_and_summarizes(cloud):
 
     exec_name = arn.rsplit(":", 1)[1]
     run = f"runs/{exec_name}/"
-    # one job per file (batch of one under moto), each on the arm queue and definition from the template
-    assert len(cloud.submitted) == 3
+    # one job per listed object (batch of one under moto), each on the arm queue and definition from the template
+    assert len(cloud.submitted) == 5
     assert {s["job_queue"] for s in cloud.submitted} == {cloud_arn(cloud, "qArm")}
     batch_keys = [k for k in _keys(cloud.s3, RESULTS, run + "batches/")]
-    assert len(batch_keys) == 3
+    assert len(batch_keys) == 5
     assert {s["env"]["FFLEET_BATCH_URI"] for s in cloud.submitted} == {f"s3://{RESULTS}/{k}" for k in batch_keys}
     batch = json.loads(cloud.s3.get_object(Bucket=RESULTS, Key=batch_keys[0])["Body"].read())
     assert set(batch) == {"BatchInput", "Items"}
@@ -324,8 +331,12 @@ def test_s3_event_runs_the_map_and_summarizes(cloud):
     # the failed job was caught and recorded; the map went on and the summary was written
     output = json.loads(desc["output"])
     assert output["map_result"]["ResultWriterDetails"]["Key"].startswith(run)
-    assert len(_keys(cloud.s3, RESULTS, run + "records/")) == 2
-    assert run + "summary.json" in _keys(cloud.s3, RESULTS, run)
+    assert len(_keys(cloud.s3, RESULTS, run + "records/")) == 4  # the marker's and notes.txt's are empty
+    summary = json.loads(cloud.s3.get_object(Bucket=RESULTS, Key=run + "summary.json")["Body"].read())
+    # The files the worker skipped are not counted at all. The failed job's file is not_done: moto's
+    # ResultWriter writes only manifest.json, so nothing says its job failed (on AWS: batch_job_failed).
+    assert summary["files"] == {"total": 3, "succeeded": 2, "failed": 0, "skipped": 0, "rejected": 0, "not_done": 1}
+    assert [f["key"] for f in summary["failures"]] == [f"in/{FAIL_MARK}.wav"]
 
 
 def cloud_arn(cloud, queue_name: str) -> str:
