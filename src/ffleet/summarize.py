@@ -347,7 +347,7 @@ class _Ledger:
         self.db = sqlite3.connect(os.path.join(folder, "ledger.sqlite"))
         self.db.executescript(
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-2000;"
-            "CREATE TABLE batch(id TEXT PRIMARY KEY, status TEXT, detail TEXT, items TEXT, seen INTEGER DEFAULT 0);"
+            "CREATE TABLE batch(id TEXT PRIMARY KEY, status TEXT, detail TEXT, keys TEXT, seen INTEGER DEFAULT 0);"
             "CREATE TABLE loose(key TEXT PRIMARY KEY, status TEXT, detail TEXT);"
         )
         self.loose_count = 0
@@ -357,7 +357,7 @@ class _Ledger:
         # may never have reported.
         keys = json.dumps(worker_keys(b.items, b.request)) if b.items is not None and b.status != SUCCEEDED else None
         self.db.execute(
-            "INSERT OR REPLACE INTO batch(id, status, detail, items) VALUES (?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO batch(id, status, detail, keys) VALUES (?, ?, ?, ?)",
             (b.batch_id, b.status, b.detail() if b.status != SUCCEEDED else None, keys),
         )
 
@@ -370,7 +370,7 @@ class _Ledger:
 
     def batch(self, batch_id: str) -> tuple[str, str | None, str | None] | None:
         """A batch's ResultWriter outcome, if any; the batch is marked as having a records file."""
-        row = self.db.execute("SELECT status, detail, items FROM batch WHERE id = ?", (batch_id,)).fetchone()
+        row = self.db.execute("SELECT status, detail, keys FROM batch WHERE id = ?", (batch_id,)).fetchone()
         if row:
             self.db.execute("UPDATE batch SET seen = 1 WHERE id = ?", (batch_id,))
         else:
@@ -391,7 +391,7 @@ class _Ledger:
         return row
 
     def unseen(self) -> Iterator[tuple[str, str, str | None, str | None]]:
-        cur = self.db.execute("SELECT id, status, detail, items FROM batch WHERE seen = 0 AND status IS NOT NULL")
+        cur = self.db.execute("SELECT id, status, detail, keys FROM batch WHERE seen = 0 AND status IS NOT NULL")
         yield from cur
 
     def loose(self) -> Iterator[tuple[str, str, str]]:
@@ -547,8 +547,8 @@ def summarize_cloud(
                 if track:
                     _report_missing(agg, ledger, batch_id, known, store, prefix, seen_keys)
             # 3. Batches ResultWriter reported but that wrote no records file at all.
-            for batch_id, status, detail, items in ledger.unseen():
-                _report_missing(agg, ledger, batch_id, (status, detail, items), store, prefix, set())
+            for batch_id, status, detail, keys in ledger.unseen():
+                _report_missing(agg, ledger, batch_id, (status, detail, keys), store, prefix, set())
             # 3b. Batch objects nothing else mentions (ResultWriter incomplete or missing, as under
             # moto): their files were handed to a job and never reported.
             for obj in store.list(prefix + BATCHES_DIR):
