@@ -87,12 +87,13 @@ def with_chain(argv: list[str], chain: str) -> list[str]:
     """The measuring argv with its analysis chain replaced by `chain` ("" leaves the tap's null sink
     alone; PCM_OUTPUT sends the tapped audio to a second output, raw 16-bit PCM into /dev/null)."""
     full = analysis_filters(true_peak=False)
-    i = argv.index("-filter_complex") + 1
-    if full + ",anullsink" not in argv[i]:
-        sys.exit("--breakdown: the tap's graph does not hold the analysis chain; audio_quality has changed")
-    if chain == PCM_OUTPUT:
-        graph = argv[i].replace(full + ",anullsink", "anull[ffleet_pcm]")
-        return [*argv[:i], graph, *argv[i + 1:], "-map", "[ffleet_pcm]", "-c:a", "pcm_s16le", "-f", "s16le", "-y", os.devnull]
+    i = next((n for n, arg in enumerate(argv) if full + ",anullsink" in arg), None)
+    if i is None:
+        sys.exit("--breakdown: no argument holds the analysis chain; audio_quality has changed")
+    if chain == PCM_OUTPUT:  # a graph with two open outputs: a -filter_complex (the bench's inputs have one audio stream)
+        graph = "[0:a:0]" + argv[i].replace(full + ",anullsink", "anull[ffleet_pcm]")
+        return [*argv[:i - 1], "-filter_complex", graph, "-map", "[ffleet_out]", *argv[i + 1:],
+                "-map", "[ffleet_pcm]", "-c:a", "pcm_s16le", "-f", "s16le", "-y", os.devnull]
     return [*argv[:i], argv[i].replace(full + ",", chain + "," if chain else ""), *argv[i + 1:]]
 
 

@@ -221,16 +221,17 @@ def test_measure_false_leaves_the_argv_alone(tmp_path):
         return WorkContext.for_request(req, work_dir=tmp_path / "w").ffmpeg_argv(Path("a.wav"), Path("b.flac"))
 
     off, source, output = argv(measure=False), argv(measure=True, measure_at="source"), argv(measure=True)
-    assert "null" not in off and "-filter_complex" not in off
+    assert "null" not in off and "-af" not in off
     # source: a second output appended; the converted output's part is unchanged
     assert source[-3:] == ["-f", "null", "-"] and source[: len(off)] == off
-    # output: the audio chain moves into a graph that ends in the analysis; the rest is the user's
-    graph = output[output.index("-filter_complex") + 1]
-    # ending in the aformat FFmpeg itself would append for a FLAC output (s16|s32)
-    assert graph.startswith("[0:a:0]aformat@ffleet_format=sample_fmts=s16|s32:sample_rates=16000:channel_layouts=mono,"
+    # output: the user's options as they were, and an -af whose graph ends in the analysis
+    assert output[-8:-3] == ["-ac", "1", "-ar", "16000", "-af"] and output[-2:] == ["-y", "b.flac"]
+    assert "-map" not in output  # FFmpeg picks the streams, as without the analysis
+    graph = output[-3]
+    # the audio reaches the split in the format FFmpeg itself converts to for a FLAC output (s16|s32)
+    assert graph.startswith("aformat@ffleet_format=sample_fmts=s16|s32:sample_rates=16000:channel_layouts=mono,"
                             "asplit=2[ffleet_out][ffleet_measure];")
     assert graph.endswith(",anullsink")
-    assert output[-8:] == ["-map", "[ffleet_out]", "-ac", "1", "-ar", "16000", "-y", "b.flac"]
     an = WorkContext.for_request(parse_request(_request(tmp_path, tmp_path / "in", options="-an", quality={"measure": True})),
                                  work_dir=tmp_path / "w")
     assert an.measuring is False  # nothing to measure when the output drops audio
@@ -244,6 +245,7 @@ def test_measure_false_leaves_the_argv_alone(tmp_path):
     ("-af volume=-6dB", ".opus"),  # libopus's list of rates
     ("-vn -ac 1 -c:a libmp3lame -b:a 64k", ".mp3"),
     ("-map 0:a:0 -ac 2 -ar 24000 -c:a libopus -b:a 32k", ".opus"),
+    ("-ac 1", ".mp4"),  # a video-capable container: FFmpeg's default AAC encoder
 ])
 @pytest.mark.parametrize("ffmpeg", ["bundled", "debian"])
 def test_output_tap_writes_the_same_audio(signals, tmp_path, monkeypatch, options, ext, ffmpeg):
@@ -299,18 +301,78 @@ def test_output_tap_measures_the_written_file(signals, tmp_path):
     assert clipped["clipped_samples"] == int(float(written.split("Peak count:")[1].split()[0]))
 
 
+@pytest.mark.parametrize("measure_at", ["output", "source"])
+@pytest.mark.parametrize("ffmpeg", ["bundled", "debian"])
+def test_measuring_keeps_the_streams_ffmpeg_picks(tmp_path, monkeypatch, ffmpeg, measure_at):
+    """Measuring adds no -map: an MP3's cover art is still written, and of two audio streams the one
+    FFmpeg picks (the default one, not the first) is both written and measured."""
+    if ffmpeg == "debian":
+        if not (Path("/usr/bin/ffmpeg").exists() and Path("/usr/bin/ffprobe").exists()):
+            pytest.skip("Debian's ffmpeg is not installed (scripts/setup --dev installs it as root)")
+        monkeypatch.setenv("FFLEET_FFMPEG", "/usr/bin/ffmpeg")
+        monkeypatch.setenv("FFLEET_FFPROBE", "/usr/bin/ffprobe")
+    ff, fp = find_binaries().ffmpeg, find_binaries().ffprobe
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    gen = [ff, "-v", "error", "-y"]
+    subprocess.run([*gen, "-f", "lavfi", "-i", "color=red:s=64x64", "-frames:v", "1", str(tmp_path / "cover.jpg")], check=True)
+    subprocess.run([*gen, "-f", "lavfi", "-i", "sine=f=300:d=2", "-c:a", "libmp3lame", str(tmp_path / "a.mp3")], check=True)
+    subprocess.run([*gen, "-i", str(tmp_path / "a.mp3"), "-i", str(tmp_path / "cover.jpg"), "-map", "0", "-map", "1",
+                    "-c", "copy", "-disposition:v", "attached_pic", str(inputs / "cover.mp3")], check=True)
+    # stream 0: quiet mono, not default; stream 1: 20 dB louder stereo, default (FFmpeg's pick)
+    subprocess.run([*gen, "-f", "lavfi", "-i", "sine=f=300:d=2,volume=0.1", "-f", "lavfi", "-i", "sine=f=500:d=2",
+                    "-filter_complex", "[1]pan=stereo|c0=c0|c1=c0[st]", "-map", "0", "-map", "[st]",
+                    "-c:a", "flac", "-disposition:a:0", "0", "-disposition:a:1", "default", str(inputs / "two.mka")],
+                   check=True)
+
+    def convert(measure: bool) -> tuple[dict[str, dict], Path]:
+        out = tmp_path / f"out-{measure}"
+        req = {"name": "streams", "input": {"path": str(inputs)}, "quality": {"measure": measure, "measure_at": measure_at},
+               "output": {"path": str(out), "extension": ".flac", "file_options": "-ac 1 -ar 16000"}}
+        outcome = run_request(parse_request(req), workers=2)
+        assert outcome.summary["files"]["succeeded"] == 2, outcome.summary
+        run_dir = Path(outcome.results_uri.removeprefix("file://"))
+        return {json.loads(x)["key"]: json.loads(x) for x in (run_dir / "records.jsonl").read_text().splitlines()}, out
+
+    def streams(path: Path) -> list[str]:
+        return subprocess.run([fp, "-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0", str(path)],
+                              capture_output=True, text=True, check=True).stdout.split()
+
+    def audio_md5(path: Path) -> str:
+        return subprocess.run([ff, "-v", "error", "-i", str(path), "-map", "0:a", "-f", "md5", "-"],
+                              capture_output=True, text=True, check=True).stdout
+
+    _, plain = convert(False)
+    records, tapped = convert(True)
+    assert streams(plain / "cover.flac") == ["audio", "video"]  # FFmpeg writes the cover art to FLAC ...
+    assert streams(tapped / "cover.flac") == streams(plain / "cover.flac")  # ... and still does when measuring
+    for name in ("cover.flac", "two.flac"):
+        assert audio_md5(tapped / name) == audio_md5(plain / name), name
+    # the loudness measured is stream 1's (an independent ebur128): as written, or at the source
+    source = [str(inputs / "two.mka"), "-map", "0:a:1"] if measure_at == "source" else [str(plain / "two.flac")]
+    expected = subprocess.run([ff, "-hide_banner", "-nostdin", "-i", *source, "-af", "ebur128", "-f", "null", "-"],
+                              capture_output=True, text=True, check=True).stderr
+    two = records["two.mka"]["extra"]["audio"]
+    assert two["measured_at"] == measure_at
+    assert (two["codec"], two["channels"]) == ("flac", 2)  # the input stream converted, not the first
+    assert two["lufs"] == pytest.approx(float(expected.rsplit("I:", 1)[1].split()[0]), abs=0.2)
+    assert records["cover.mp3"]["extra"]["audio"]["measured_at"] == measure_at
+
+
 @pytest.mark.parametrize("options, ext", [
     ("-ss 0.5 -ac 1", ".flac"),  # output timing acts after any graph
     ("-t 2", ".flac"),
     ("-map 0:a", ".flac"),  # every audio stream, not one
+    ("-map 0", ".flac"),
     ("-map 0:a:0 -map 0:a:1", ".flac"),
+    ("-map 0:v", ".mp4"),  # no audio stream mapped
+    ("-filter volume=2", ".flac"),  # a filter for every stream
     ("-ac 6", ".flac"),  # a layout the rewrite does not spell
     ("-ch_layout 5.1", ".flac"),
     ("-af [in]volume=2", ".flac"),  # labels: not a plain chain
     ("-af volume=2 -filter:a volume=3", ".flac"),
     ("-ar:a:0 16000", ".flac"),
-    ("-ac 1", ".mp4"),  # a video-capable container without -vn could carry video
-    ("-ac 1 -f matroska", ".flac"),
+    ("-ac 1 -f matroska", ".flac"),  # no default encoder listed for the muxer
     ("-shortest -ac 1", ".flac"),
     ("-c:a copy", ".flac"),  # stream copy decodes nothing to measure
     ("-ac 1", ".xyz"),  # a container without a known default encoder
@@ -330,18 +392,22 @@ def test_output_tap_keeps_the_users_chain_and_options():
     ff = find_binaries().ffmpeg
     tap = audio_quality.output_tap({"global": [], "input": [], "output": parse_options(
         "-vn -map 0:a:1 -af volume=-3dB -ar 8000 -c:a flac -compression_level 8")}, ".mp4", ffmpeg=ff)
-    graph = tap.args[1]
-    assert graph.startswith("[0:a:1]volume=-3dB,aformat@ffleet_format=sample_fmts=s16|s32:sample_rates=8000,"
+    graph = tap.args[4]
+    assert graph.startswith("volume=-3dB,aformat@ffleet_format=sample_fmts=s16|s32:sample_rates=8000,"
                             "asplit=2[ffleet_out][ffleet_measure];[ffleet_measure]aresample@ffleet_convert,")
-    assert tap.args[2:] == ["-map", "[ffleet_out]", "-vn", "-ar", "8000", "-c:a", "flac", "-compression_level", "8"]
+    # the user's options in their order, the -af in its place
+    assert tap.args == ["-vn", "-map", "0:a:1", "-af", graph, "-ar", "8000", "-c:a", "flac", "-compression_level", "8"]
     assert tap.rate == 8000 and tap.rate_is_input is False
     plain = audio_quality.output_tap({"global": [], "input": [], "output": []}, ".wav", ffmpeg=ff)
-    assert plain.args[1].startswith("[0:a:0]aformat@ffleet_format=sample_fmts=s16,asplit=2[")
+    assert plain.args[0] == "-af" and plain.args[1].startswith("aformat@ffleet_format=sample_fmts=s16,asplit=2[")
+    with_video = audio_quality.output_tap({"global": [], "input": [], "output": parse_options(
+        "-map 0:v:0? -map 0:a:0 -c:v copy -ac 1")}, ".mp4", ffmpeg=ff)
+    assert with_video.args[:6] == ["-map", "0:v:0?", "-map", "0:a:0", "-c:v", "copy"]
     assert plain.rate is None and plain.rate_is_input is True
     chained = audio_quality.output_tap({"global": [], "input": [], "output": ["-af", "aresample=8000"]}, ".wav", ffmpeg=ff)
     assert chained.rate is None and chained.rate_is_input is False  # the rate is the chain's business
     opus = audio_quality.output_tap({"global": [], "input": [], "output": ["-sample_fmt", "flt"]}, ".opus", ffmpeg=ff)
-    assert "sample_fmts=flt:sample_rates=48000|24000|16000|12000|8000," in opus.args[1]  # libopus's rates
+    assert "sample_fmts=flt:sample_rates=48000|24000|16000|12000|8000," in opus.args[opus.args.index("-af") + 1]  # libopus's rates
     assert opus.rate_is_input is False  # the encoder may make FFmpeg resample
 
 
@@ -353,6 +419,8 @@ def test_analysis_follows_the_users_map_and_trim():
     assert args[3].startswith("atrim@ffleet_trim=start=2:duration=5,astats@")
     assert args[-3:] == ["-f", "null", "-"]
     assert analysis_args({"global": [], "input": [], "output": ["-map", "0:v"]})[:2] == ["-map", "0:a:0"]
+    # no -map: FFmpeg picks the analysed stream by the rule it picked the converted one by
+    assert analysis_args({"global": [], "input": [], "output": ["-ac", "1"]})[:4] == ["-vn", "-sn", "-dn", "-af"]
 
 
 @pytest.mark.parametrize("tokens, expected", [

@@ -196,6 +196,22 @@ def test_input_info_counts_channels(layout, channels):
     assert (info.audio_codec, info.sample_rate, info.channels) == ("pcm_s16le", 48000, channels)
 
 
+def test_input_info_describes_the_audio_stream_ffmpeg_converted():
+    from ffleet.ffmpeg import parse_input_info
+
+    log = ("Input #0, matroska,webm, from 'two.mka':\n  Duration: 00:00:02.00, start: 0.000000, bitrate: 120 kb/s\n"
+           "  Stream #0:0: Video: mjpeg (Baseline), yuvj444p(pc), 64x64, 90k tbr (attached pic)\n"
+           "  Stream #0:1(eng): Audio: flac, 44100 Hz, mono, s32 (24 bit)\n"
+           "  Stream #0:2(eng): Audio: opus, 48000 Hz, stereo, fltp (default)\n"
+           "Stream mapping:\n  Stream #0:2 -> #0:0 (opus (native) -> flac (native))\n"
+           "  Stream #0:0 -> #0:1 (mjpeg (native) -> png (native))\n")
+    info = parse_input_info(log)
+    assert (info.audio_codec, info.sample_rate, info.channels) == ("opus", 48000, 2)
+    assert info.stream_types == ["video", "audio", "audio"]
+    before_mapping = parse_input_info(log.split("Stream mapping:")[0])  # a log cut short: the first audio stream
+    assert (before_mapping.audio_codec, before_mapping.channels) == ("flac", 1)
+
+
 @pytest.mark.parametrize("backend", ["local", "s3"])
 def test_iter_chunks_streams_an_object_and_names_what_is_missing(tmp_path, backend, request):
     """Both stores stream the same bytes in bounded chunks, and fail the same way."""

@@ -2,30 +2,36 @@
 
 Where the measurement is taken (quality.measure_at):
 
-"output" (the default): the audio as it is written. ffleet moves the output's audio chain (the
-user's -af, then the -ar/-ac conversion) into a -filter_complex that ends in an asplit; one branch
-goes to the encoder, the other through the analysis filters into a null sink:
+"output" (the default): the audio as it is written. ffleet extends the output's own audio filter
+(-af, or adds one): the user's chain, then the -ar/-ac conversion FFmpeg would do for the encoder,
+then an asplit; one branch goes to the encoder, the other through the analysis filters into a null
+sink:
 
-    ffmpeg ... -i input \
-        -filter_complex "[0:a:0]<user -af>,aformat=sample_rates=16000:channel_layouts=mono,asplit=2[ffleet_out][ffleet_measure];
-                         [ffleet_measure]astats@ffleet_astats=...,ebur128@ffleet_ebur128=...,silencedetect=...,anullsink" \
-        -map [ffleet_out] <the user's other output options> output.flac
+    ffmpeg ... -i input <the user's output options> \
+        -af "<user chain>,aformat@ffleet_format=sample_fmts=s16|s32:sample_rates=16000:channel_layouts=mono,
+             asplit=2[ffleet_out][ffleet_measure];
+             [ffleet_measure]aresample,aformat=s16,astats@ffleet_astats=...,ebur128@ffleet_ebur128=...,silencedetect=...,anullsink" \
+        output.flac
 
-  The converted audio is bit-identical to the unmeasured command's (a test decodes both and compares
-  MD5s), and the analysis sees the samples the encoder gets: for a resample to 16 kHz mono that is
-  5.5x fewer samples than a 44.1 kHz stereo source, which is what makes it cheap enough to leave on
-  (bench/analysis_overhead.py). It is also what a training set is made of: clipping added by the
-  conversion counts, and loudness is that of the file that is trained on.
+  The graph's one open output feeds the encoder, so no -map is added: FFmpeg picks the streams it
+  would have (the default audio stream, cover art, video). The converted audio is bit-identical to
+  the unmeasured command's (a test decodes both and compares MD5s), and the analysis sees the
+  samples the encoder gets: for a resample to 16 kHz mono that is 5.5x fewer samples than a
+  44.1 kHz stereo source (bench/analysis_overhead.py). It is also what a training set is made of:
+  clipping added by the conversion counts, and loudness is that of the file that is trained on.
 
-  The rewrite is only done when it provably changes nothing else; output_tap() lists the cases
-  (a -map other than one audio stream, output -ss/-t/-to, frame limits, video-capable containers
-  without -vn, ...). Those fall back to "source". Without -map, the first audio stream is converted
-  (FFmpeg itself would pick the one with most channels; the same stream for single-stream files).
+  This is only done where it provably changes nothing else; output_tap() lists the cases (output
+  -ss/-t/-to and frame limits, which act after the filters; a -map that could select several audio
+  streams; a layout the rewrite does not spell; -c copy; an encoder it cannot look up, ...). Those
+  fall back to "source".
 
 "source": the decoded input stream, as a second output of the same run:
 
     ffmpeg ... -i input <user's output options> output.flac \
-           -map 0:a:0 -af [atrim=<the user's output -ss/-t/-to>,]astats@...,ebur128@...,silencedetect=... -f null -
+           -vn -sn -dn -af [atrim=<the user's output -ss/-t/-to>,]astats@...,ebur128@...,silencedetect=... -f null -
+
+  (-vn -sn -dn and no -map: FFmpeg picks the audio stream by the rule it picked the converted one by;
+  a user's -map 0:a:N is followed instead.)
 
   It judges the recording before any -af (a user normalising with loudnorm may want the filters to
   see the source), at the source's sample rate and channel count, so it costs several times more
@@ -99,14 +105,18 @@ def measuring(request: "JobRequest", tokens: dict[str, list[str]]) -> bool:
     return bool(q.measuring and request.processing.require_audio and "-an" not in tokens["output"])
 
 
-def _audio_map(output_tokens: list[str]) -> str:
-    """Measure the audio stream the user maps to the output, else the first audio stream."""
-    for flag, value in option_pairs(output_tokens):
-        if flag == "-map" and value is not None:
-            m = re.match(r"^0:a(?::(\d+))?\??$", value)
-            if m:
-                return f"0:a:{m.group(1) or 0}"
-    return "0:a:0"
+def _audio_selection(output_tokens: list[str]) -> list[str]:
+    """Which stream the source analysis reads: the audio stream the user maps, else FFmpeg's own pick.
+
+    With no -map, the analysis output selects by the same rule that picked the converted output's
+    audio stream (the default one, then the one with most channels); -vn/-sn/-dn keep it to audio.
+    """
+    maps = [value for flag, value in option_pairs(output_tokens) if flag == "-map" and value]
+    for value in maps:
+        m = re.match(r"^0:a(?::(\d+))?\??$", value)
+        if m:
+            return ["-map", f"0:a:{m.group(1) or 0}"]
+    return ["-map", "0:a:0"] if maps else ["-vn", "-sn", "-dn"]
 
 
 def _trim_filter(output_tokens: list[str]) -> str:
@@ -141,24 +151,22 @@ def global_args(global_tokens: list[str]) -> list[str]:
     return ["-loglevel", "-level+info" if "level" in parts else "info"]
 
 
-# Output containers that can carry video: without -vn the unmeasured command could write a video
-# stream there, which the tap's single -map would drop, so those fall back to measuring the source.
-_VIDEO_CAPABLE = {"mp4", "m4v", "m4a", "m4b", "mov", "mkv", "mka", "webm", "avi", "ogg", "ogv", "ts", "m2ts",
-                  "mts", "flv", "3gp", "3g2", "wmv", "asf", "wma", "mxf", "mpg", "mpeg", "vob", "nut", "f4v", "ismv"}
-# Output options whose effect would differ once the audio chain is a -filter_complex (timing and
-# frame limits act after any graph; a layout or non-audio filter cannot be moved into it).
-_TAP_BLOCKERS = {"-ss", "-t", "-to", "-sseof", "-frames", "-aframes", "-vframes", "-shortest", "-apad", "-async",
-                 "-ch_layout", "-channel_layout", "-vf", "-filter", "-filter_complex", "-lavfi"}
-# Muxer names (-f) that can carry video, beyond the extensions above.
-_VIDEO_MUXERS = {"matroska", "ipod", "mpegts", "mpeg", "dvd", "vob", "ogg", "mov", "mp4", "webm", "avi", "flv",
-                 "nut", "asf", "mxf", "3gp", "3g2", "ismv", "f4v", "psp", "m4v"}
+# Output options whose effect would differ once the analysis hangs off the audio chain: timing and
+# frame limits act after the filters, at frame granularity, so the analysis would see more than is
+# written; a layout the rewrite does not spell, or a complex graph, cannot be reproduced in it.
+_TAP_BLOCKERS = {"-ss", "-t", "-to", "-sseof", "-frames", "-aframes", "-shortest", "-apad", "-async",
+                 "-ch_layout", "-channel_layout", "-filter_complex", "-lavfi"}
 _TAP_LAYOUTS = {"1": "mono", "2": "stereo"}
 # The encoder FFmpeg picks when the user names none: the muxer's default audio codec, as FFmpeg
 # resolves it (libopus, not the experimental native opus). Containers not listed fall back to source.
 _DEFAULT_ENCODERS = {"flac": "flac", "wav": "pcm_s16le", "w64": "pcm_s16le", "mp3": "libmp3lame", "opus": "libopus",
                      "ogg": "libvorbis", "oga": "libvorbis", "m4a": "aac", "m4b": "aac", "aac": "aac", "adts": "aac",
-                     "ipod": "aac", "aif": "pcm_s16be", "aiff": "pcm_s16be"}
+                     "ipod": "aac", "aif": "pcm_s16be", "aiff": "pcm_s16be", "mp4": "aac", "mov": "aac"}
 _CODEC_FLAGS = {"-c", "-c:a", "-codec", "-codec:a", "-acodec", "-c:a:0", "-codec:a:0"}
+_AUDIO_FILTER_FLAGS = ("-af", "-filter:a", "-filter:a:0")
+# -map values that select one audio stream, and those that select only video (cover art included)
+_ONE_AUDIO_MAP = re.compile(r"^0:a:\d+\??$")
+_VIDEO_ONLY_MAP = re.compile(r"^0:[vV](?::\d+)?\??$")
 
 
 @functools.lru_cache(maxsize=64)
@@ -189,45 +197,50 @@ def encoder_formats(ffmpeg: str, encoder: str) -> dict[str, str] | None:
 
 @dataclass
 class OutputTap:
-    """The argv pieces that measure the written audio: graph + map replace the user's audio chain."""
+    """The output options that measure the written audio: the user's, with the analysis in their -af."""
 
-    args: list[str]  # -filter_complex GRAPH -map [ffleet_out] <the user's other output options>
+    args: list[str]  # the user's output options, the -af extended (or added)
     rate: int | None  # sample rate of the measured audio: -ar, or None when it is not known from the options
     rate_is_input: bool  # no -ar and no user chain: the measured rate is the input stream's
 
 
 def output_tap(tokens: dict[str, list[str]], output_ext: str, true_peak: bool = True,
                ffmpeg: str = "ffmpeg") -> OutputTap | None:
-    """The output-side analysis for these options, or None when moving the audio chain could change the output.
+    """The output-side analysis for these options, or None where it could change the output or measure
+    anything but the one audio stream written (the caller then measures the source).
 
-    The graph ends in the same aformat FFmpeg would append for the output (the encoder's sample
-    formats, rates and layouts, or the user's -sample_fmt/-ar/-ac), so format negotiation, and
-    with it every written sample, is the same as without the tap; the analysis branch starts with
-    its own aresample so that it constrains nothing upstream.
+    The analysis joins the output's own simple filtergraph (-af): the user's chain, then the same
+    aformat FFmpeg appends for the output (the encoder's sample formats, rates and layouts, or the
+    user's -sample_fmt/-ar/-ac), then an asplit whose second branch runs the analysis into a null
+    sink. The graph's one open output feeds the encoder as before, so format negotiation, and with
+    it every written sample, is the same as without the analysis; and since no -map is added,
+    FFmpeg picks the streams it would have (the best audio stream, cover art, video).
     """
     out = tokens["output"]
     if any(t in ("-filter_complex", "-lavfi") for t in tokens["global"]):
         return None
-    stream, chain, rate, layout, muxer, encoder, sample_fmt, rest = "0:a:0", "", None, None, None, None, None, []
-    has_vn = maps = False
+    chain, rate, layout, muxer, encoder, sample_fmt = None, None, None, None, None, None
+    audio_maps = video_maps = 0
     for flag, value in option_pairs(out):
         name = flag.split(":", 1)[0]
-        if name in _TAP_BLOCKERS or (name == "-filter" and flag not in ("-filter:a", "-filter:a:0")):
+        if name in _TAP_BLOCKERS and flag not in ("-frames:v", "-frames:v:0"):
             return None
-        if flag in ("-af", "-filter:a", "-filter:a:0"):
-            if chain or value is None or "[" in value or ";" in value:  # labels or a second -af: not a plain chain
+        if flag in _AUDIO_FILTER_FLAGS:
+            if chain is not None or value is None or "[" in value or ";" in value:  # labels or a second -af
                 return None
             chain = value
-            continue
-        if flag == "-map":
-            m = re.match(r"^0:a:(\d+)\??$", value or "")
-            if maps or not m:  # exactly one audio stream, named by index
-                return None
-            stream, maps = f"0:a:{m.group(1)}", True
-            continue
-        if name in ("-ar", "-ac") and flag not in ("-ar", "-ar:a", "-ac", "-ac:a"):
-            return None  # a per-stream form we do not rewrite
-        if name == "-ar":
+        elif name == "-filter" and not flag.startswith("-filter:v"):
+            return None  # a filter for every stream, or per audio stream: not one chain we can extend
+        elif flag == "-map":
+            if _ONE_AUDIO_MAP.match(value or ""):
+                audio_maps += 1
+            elif _VIDEO_ONLY_MAP.match(value or ""):
+                video_maps += 1
+            else:
+                return None  # could select several audio streams (0:a, 0), each with its own analysis
+        elif name in ("-ar", "-ac") and flag not in ("-ar", "-ar:a", "-ac", "-ac:a"):
+            return None  # a per-stream form we do not follow
+        elif name == "-ar":
             if not (value or "").isdigit():
                 return None
             rate = int(value)
@@ -235,8 +248,6 @@ def output_tap(tokens: dict[str, list[str]], output_ext: str, true_peak: bool = 
             layout = _TAP_LAYOUTS.get(value or "")
             if layout is None:
                 return None
-        elif flag == "-vn":
-            has_vn = True
         elif flag == "-f":
             muxer = value
         elif flag in _CODEC_FLAGS:
@@ -245,8 +256,7 @@ def output_tap(tokens: dict[str, list[str]], output_ext: str, true_peak: bool = 
             sample_fmt = value
         elif name in ("-c", "-codec", "-acodec", "-sample_fmt") and not flag.startswith(("-c:v", "-codec:v")):
             return None  # a per-stream form we do not follow
-        rest.extend([flag] if value is None else [flag, value])
-    if not (has_vn or maps) and (output_ext.lower().lstrip(".") in _VIDEO_CAPABLE or muxer in _VIDEO_MUXERS):
+    if audio_maps > 1 or (video_maps and not audio_maps):  # several audio streams, or none
         return None
     encoder = encoder or _DEFAULT_ENCODERS.get(muxer or output_ext.lower().lstrip("."))
     if not encoder or encoder == "copy":  # stream copy decodes nothing; an unknown container: no table entry
@@ -269,18 +279,26 @@ def output_tap(tokens: dict[str, list[str]], output_ext: str, true_peak: bool = 
     # The branch carries whatever sample format FFmpeg negotiated (often float, before the encoder's
     # own conversion). Rendering it as 16-bit makes "at full scale" exact: a sample the conversion
     # pushed past full scale saturates there, as it does in a 16-bit output file.
-    graph = (f"[{stream}]" + ",".join(steps)
-             + f";[ffleet_measure]aresample@ffleet_convert,aformat@ffleet_s16=sample_fmts=s16,"
+    graph = (",".join(steps) + ";[ffleet_measure]aresample@ffleet_convert,aformat@ffleet_s16=sample_fmts=s16,"
              f"{analysis_filters(true_peak)},anullsink")
+    if chain is None:
+        args = [*out, "-af", graph]
+    else:
+        args, replaced = [], False
+        for flag, value in option_pairs(out):
+            if flag in _AUDIO_FILTER_FLAGS and not replaced:
+                args += [flag, graph]
+                replaced = True
+            else:
+                args += [flag] if value is None else [flag, value]
     # the measured rate is known from the options when -ar is given, or when nothing may resample
-    return OutputTap(args=["-filter_complex", graph, "-map", "[ffleet_out]", *rest], rate=rate,
-                     rate_is_input=rate is None and not chain and "sample_rates" not in constraints)
+    return OutputTap(args=args, rate=rate, rate_is_input=rate is None and not chain and "sample_rates" not in constraints)
 
 
 def analysis_args(tokens: dict[str, list[str]], true_peak: bool = True) -> list[str]:
     """The second output that measures the audio (appended after the converted output's path)."""
     out = tokens["output"]
-    return ["-map", _audio_map(out), "-af", _trim_filter(out) + analysis_filters(true_peak), "-f", "null", "-"]
+    return [*_audio_selection(out), "-af", _trim_filter(out) + analysis_filters(true_peak), "-f", "null", "-"]
 
 
 # ---------------------------------------------------------------------------------------------

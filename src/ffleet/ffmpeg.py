@@ -175,7 +175,9 @@ def run_process(
 # What FFmpeg says about its input (parsed from its own log, to avoid a second process per file)
 
 _DURATION = re.compile(r"^\s*Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.M)
-_INPUT_STREAM = re.compile(r"^\s*Stream #0:\d+(?:\[[^\]]*\])?(?:\([^)]*\))?: (Audio|Video|Subtitle|Data|Attachment): (.*)$", re.M)
+_INPUT_STREAM = re.compile(r"^\s*Stream #0:(\d+)(?:\[[^\]]*\])?(?:\([^)]*\))?: (Audio|Video|Subtitle|Data|Attachment): (.*)$", re.M)
+# "Stream mapping:" lines: which input stream feeds the first output's streams
+_MAPPED_TO_FIRST_OUTPUT = re.compile(r"^\s*Stream #0:(\d+) -> #0:\d+", re.M)
 _LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "quad": 4, "4.0": 4, "5.0": 5, "5.1": 6, "6.1": 7, "7.1": 8}
 
 
@@ -183,7 +185,7 @@ _LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "quad": 4, "4.0"
 class InputInfo:
     duration: float | None = None
     stream_types: list[str] = field(default_factory=list)
-    audio_codec: str | None = None  # of the first audio stream, as are sample_rate and channels
+    audio_codec: str | None = None  # of the audio stream converted (else the first), as are sample_rate and channels
     sample_rate: int | None = None
     channels: int | None = None
     parsed: bool = False  # the log had an "Input #0" section at all
@@ -227,14 +229,21 @@ def parse_input_info(stderr: str) -> InputInfo:
     if m:
         h, mnt, s = m.groups()
         info.duration = int(h) * 3600 + int(mnt) * 60 + float(s)
-    for kind, desc in _INPUT_STREAM.findall(section):
+    audio: dict[int, str] = {}
+    for index, kind, desc in _INPUT_STREAM.findall(section):
         info.stream_types.append(kind.lower())
-        if kind == "Audio" and info.audio_codec is None:
-            info.audio_codec = desc.split(",")[0].split(" ")[0].strip()
-            sr = re.search(r"(\d+) Hz", desc)
-            info.sample_rate = int(sr.group(1)) if sr else None
-            layout = re.search(r"\d+ Hz, ([^,]+)", desc)
-            info.channels = _channel_count(layout.group(1).strip()) if layout else None
+        if kind == "Audio":
+            audio.setdefault(int(index), desc)
+    # the audio stream FFmpeg converted (it picks the default one, then the one with most
+    # channels), as its stream mapping says; else the first
+    mapped = [int(i) for i in _MAPPED_TO_FIRST_OUTPUT.findall(stderr[start:])]
+    desc = next((audio[i] for i in mapped if i in audio), next(iter(audio.values()), None))
+    if desc is not None:
+        info.audio_codec = desc.split(",")[0].split(" ")[0].strip()
+        sr = re.search(r"(\d+) Hz", desc)
+        info.sample_rate = int(sr.group(1)) if sr else None
+        layout = re.search(r"\d+ Hz, ([^,]+)", desc)
+        info.channels = _channel_count(layout.group(1).strip()) if layout else None
     return info
 
 
