@@ -1,5 +1,6 @@
 """The worker with real FFmpeg: good files convert and verify; each kind of bad file fails alone, with a reason."""
 import shutil
+import subprocess
 import stat
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from ffleet.ffmpeg import Binaries, find_binaries
 from ffleet.request import parse_request
 from ffleet.results import FAILED, SKIPPED, SUCCEEDED
 from ffleet.storage import ListedObject, LocalStorage
-from ffleet.worker import WorkContext, expected_duration, process_item, run_items
+from ffleet.worker import WorkContext, adds_no_video, expected_duration, process_item, run_items
 
 
 def make_ctx(tmp_path, output_options="-ac 1 -ar 48000", extension=".flac", binaries=None, **processing):
@@ -232,3 +233,48 @@ def test_iter_chunks_streams_an_object_and_names_what_is_missing(tmp_path, backe
     if backend == "local":  # a key may not lead out of the folder
         with pytest.raises(StorageError, match="escapes"):
             list(store.iter_chunks("../outside.bin"))
+
+
+@pytest.mark.parametrize("options, ext, adds", [
+    ("-ac 1 -ar 16000", ".flac", True),
+    ("-c:a libmp3lame -b:a 64k", ".mp3", True),  # an audio codec decides nothing about video
+    ("-ac 1", ".M4A", True),
+    ("-ac 1 -f flac", ".bin", True),  # the muxer named, not the extension
+    ("-ac 1", ".mp4", False),  # a container for video: the user's video is kept
+    ("-ac 1 -f mp4", ".flac", False),
+    ("-ac 1 -c:v copy", ".flac", False),  # the user keeps the cover art
+    ("-map 0:a:0", ".flac", False),  # the user selects the streams
+    ("-c copy", ".flac", False),  # a codec for every stream
+    ("-vf scale=320:240", ".flac", False),
+    ("-vn", ".flac", False),  # already there
+])
+def test_adds_no_video(options, ext, adds):
+    from ffleet.policy import parse_options
+
+    assert adds_no_video(parse_options(options), ext) is adds
+
+
+def test_video_input_to_an_audio_container_decodes_no_video(tmp_path):
+    """An H.264 video converted to FLAC: ffleet adds -vn, so FFmpeg does not decode every frame and
+    re-encode it as PNG for a FLAC that keeps none of it (160x the CPU: bench/video_input.py)."""
+    ff = find_binaries().ffmpeg
+    (tmp_path / "in").mkdir()
+    subprocess.run([ff, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=s=160x120:d=2", "-f", "lavfi", "-i", "sine=d=2",
+                    "-c:v", "libx264", "-c:a", "aac", "-shortest", str(tmp_path / "in" / "clip.mp4")], check=True)
+    ctx = make_ctx(tmp_path, "-ac 1 -ar 16000")
+    argv = ctx.ffmpeg_argv(tmp_path / "in" / "clip.mp4", tmp_path / "out.flac")
+    assert argv[-3:] == ["-vn", "-y", str(tmp_path / "out.flac")]
+    res = process_item(ctx, ListedObject("clip.mp4"))
+    assert res.status == SUCCEEDED and res.codec == "flac" and res.duration_out == pytest.approx(2.0, abs=0.1)
+    (tmp_path / "keep").mkdir()
+    keep = make_ctx(tmp_path / "keep", "-ac 1 -ar 16000", extension=".mp4")  # a video container keeps the video
+    assert "-vn" not in keep.ffmpeg_argv(tmp_path / "in" / "clip.mp4", tmp_path / "out.mp4")
+
+
+def test_video_input_bench_harness_runs():  # not its figures: those are not checked
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "video_input.py"), "--seconds", "1", "--size", "160x120",
+                           "--rounds", "2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ffmpeg as given" in proc.stdout and "ffleet (adds -vn)" in proc.stdout and "x the CPU without -vn" in proc.stdout

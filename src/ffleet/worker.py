@@ -63,6 +63,33 @@ def expected_duration(input_duration: float | None, tokens: dict[str, list[str]]
     return length
 
 
+# Audio-only containers (by extension, or -f muxer name). FFmpeg still maps a video stream to some
+# of them (FLAC and MP3 take PNG pictures, M4A an H.264 track, Ogg Theora): for a video input that
+# means decoding and re-encoding every frame, 160x the CPU of the audio conversion for a 20 s 720p
+# clip to FLAC (bench/video_input.py), and the FLAC keeps none of it.
+AUDIO_ONLY_OUTPUTS = {"flac", "wav", "w64", "mp3", "opus", "ogg", "oga", "m4a", "m4b", "aac", "adts", "ipod",
+                      "aif", "aiff", "ac3", "eac3", "wv", "mka"}
+# Output options that decide about video or stream selection; with any of them, the user decides.
+_VIDEO_DECIDERS = {"-map", "-vn", "-vcodec", "-vf", "-vframes", "-vtag", "-pix_fmt", "-r", "-s", "-aspect"}
+
+
+def _decides_video(flag: str) -> bool:
+    base, _, spec = flag.partition(":")
+    return (base in _VIDEO_DECIDERS or spec.startswith(("v", "V"))  # -c:v, -b:v, -filter:v, -frames:v ...
+            or (base in ("-c", "-codec") and not spec))  # a codec for every stream, video included
+
+
+def adds_no_video(output_tokens: list[str], output_ext: str) -> bool:
+    """Whether ffleet adds -vn: an audio-only output, and options that decide nothing about video.
+
+    To keep an MP3's cover art in a FLAC, say so: `-c:v copy` (or map the streams with -map).
+    """
+    muxer = next((v for flag, v in option_pairs(output_tokens) if flag == "-f" and v), None)
+    if (muxer or output_ext.lower().lstrip(".")) not in AUDIO_ONLY_OUTPUTS:
+        return False
+    return not any(_decides_video(flag) for flag, _ in option_pairs(output_tokens))
+
+
 def _has_flag(tokens: list[str], name: str) -> bool:
     return any(tok == name for tok in tokens)
 
@@ -80,6 +107,8 @@ class WorkContext:
     tokens: dict[str, list[str]] = field(init=False)
     guard: list[str] = field(init=False)
     measuring: bool = field(init=False)
+    # output extension -> its output options (the user's, -vn added for an audio-only container)
+    _outputs: dict[str, list[str]] = field(init=False, default_factory=dict, repr=False)
     # output extension -> its OutputTap (None: measure the source); the same for every file with that extension
     _taps: dict[str, audio_quality.OutputTap | None] = field(init=False, default_factory=dict, repr=False)
     # measuring: a raised -loglevel, and the second output that analyses the source; the same for every file
@@ -108,27 +137,36 @@ class WorkContext:
         out = self.request.output
         return output_key(key, out.s3_prefix, out.s3_suffix, out.extension)
 
+    def output_options(self, dst: Path) -> list[str]:
+        """The output options for a file written to dst: the user's, and -vn where adds_no_video says."""
+        if dst.suffix not in self._outputs:  # a race between threads computes the same value twice: harmless
+            out = self.tokens["output"]
+            self._outputs[dst.suffix] = [*out, "-vn"] if adds_no_video(out, dst.suffix) else out
+        return self._outputs[dst.suffix]
+
     def measure_tap(self, dst: Path) -> audio_quality.OutputTap | None:
         """How this file's written audio is measured, or None (not measuring, or measuring the source)."""
         q = self.request.quality
         if not self.measuring or q.measure_at != "output":
             return None
-        if dst.suffix not in self._taps:  # a race between threads computes the same value twice: harmless
-            self._taps[dst.suffix] = audio_quality.output_tap(self.tokens, dst.suffix, q.true_peak, self.binaries.ffmpeg)
+        if dst.suffix not in self._taps:
+            tokens = {**self.tokens, "output": self.output_options(dst)}
+            self._taps[dst.suffix] = audio_quality.output_tap(tokens, dst.suffix, q.true_peak, self.binaries.ffmpeg)
         return self._taps[dst.suffix]
 
     def ffmpeg_argv(self, src: Path, dst: Path) -> list[str]:
         t = self.tokens
         head = [self.binaries.ffmpeg, "-hide_banner", "-nostdin", "-nostats", *t["global"]]
         reading = [*t["input"], *self.guard, "-i", str(src)]
+        output = self.output_options(dst)
         if not self.measuring:
-            return [*head, *reading, *t["output"], "-y", str(dst)]
+            return [*head, *reading, *output, "-y", str(dst)]
         # measuring: the same run also analyses the audio (see ffleet.audio_quality)
         head += self._loglevel
         tap = self.measure_tap(dst)
         if tap is not None:  # the output's audio chain ends in an asplit to the analysis
             return [*head, *reading, *tap.args, "-y", str(dst)]
-        return [*head, *reading, *t["output"], "-y", str(dst), *self._source_analysis]  # a second output
+        return [*head, *reading, *output, "-y", str(dst), *self._source_analysis]  # a second output
 
 
 def _temp_suffix(out_key: str) -> str:
