@@ -116,7 +116,7 @@ def main() -> None:
         ways = [(name, context(folder, args.options, args.ext, measure, true_peak, at))
                 for name, _, measure, true_peak, at in VARIANTS]
         for name, ctx in ways[1:3]:
-            if ctx.measure_tap(folder / f"x{args.ext}") is None:
+            if ctx.measure_tap(inputs[0], folder / f"x{args.ext}") is None:
                 sys.exit(f"{name}: these options fall back to measuring the source; nothing to compare")
         labels = {name: label for name, label, *_ in VARIANTS}
         chains: dict[str, str] = {}

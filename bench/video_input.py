@@ -1,8 +1,9 @@
 """What a video input costs when the output is audio-only: FFmpeg as given, and as ffleet runs it.
 
 FFmpeg maps a video stream to FLAC, MP3 and M4A outputs too (a PNG picture, an H.264 track), so
-without -vn it decodes and re-encodes every frame of a video input; ffleet adds -vn for audio-only
-containers when the options decide nothing about video (ffleet.worker.adds_no_video). This times
+without -vn it decodes and re-encodes every frame of a video input; ffleet adds -vn when a video
+file goes to an audio-only container and the options decide nothing about video
+(ffleet.worker.adds_no_video). This times
 both side by side, interleaved, on a generated H.264 + AAC clip, and prints FFmpeg's CPU time and
 the ratio. Usage:
     python bench/video_input.py [--seconds 20] [--size 1280x720] [--rounds 2] [--options "-ac 1 -ar 16000"] [--ext .flac]

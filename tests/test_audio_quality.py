@@ -225,8 +225,7 @@ def test_measure_false_leaves_the_argv_alone(tmp_path):
     # source: a second output appended; the converted output's part is unchanged
     assert source[-3:] == ["-f", "null", "-"] and source[: len(off)] == off
     # output: the user's options as they were, and an -af whose graph ends in the analysis
-    # (-vn: ffleet's own, for an audio-only container; see worker.adds_no_video)
-    assert output[-9:-3] == ["-ac", "1", "-ar", "16000", "-vn", "-af"] and output[-2:] == ["-y", "b.flac"]
+    assert output[-8:-3] == ["-ac", "1", "-ar", "16000", "-af"] and output[-2:] == ["-y", "b.flac"]
     assert "-map" not in output  # FFmpeg picks the streams, as without the analysis
     graph = output[-3]
     # the audio reaches the split in the format FFmpeg itself converts to for a FLAC output (s16|s32)
@@ -329,8 +328,7 @@ def test_measuring_keeps_the_streams_ffmpeg_picks(tmp_path, monkeypatch, ffmpeg,
     def convert(measure: bool) -> tuple[dict[str, dict], Path]:
         out = tmp_path / f"out-{measure}"
         req = {"name": "streams", "input": {"path": str(inputs)}, "quality": {"measure": measure, "measure_at": measure_at},
-               # -c:v copy: the cover art is wanted (else ffleet adds -vn for an audio-only container)
-               "output": {"path": str(out), "extension": ".flac", "file_options": "-ac 1 -ar 16000 -c:v copy"}}
+               "output": {"path": str(out), "extension": ".flac", "file_options": "-ac 1 -ar 16000"}}
         outcome = run_request(parse_request(req), workers=2)
         assert outcome.summary["files"]["succeeded"] == 2, outcome.summary
         run_dir = Path(outcome.results_uri.removeprefix("file://"))

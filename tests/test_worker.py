@@ -235,23 +235,26 @@ def test_iter_chunks_streams_an_object_and_names_what_is_missing(tmp_path, backe
             list(store.iter_chunks("../outside.bin"))
 
 
-@pytest.mark.parametrize("options, ext, adds", [
-    ("-ac 1 -ar 16000", ".flac", True),
-    ("-c:a libmp3lame -b:a 64k", ".mp3", True),  # an audio codec decides nothing about video
-    ("-ac 1", ".M4A", True),
-    ("-ac 1 -f flac", ".bin", True),  # the muxer named, not the extension
-    ("-ac 1", ".mp4", False),  # a container for video: the user's video is kept
-    ("-ac 1 -f mp4", ".flac", False),
-    ("-ac 1 -c:v copy", ".flac", False),  # the user keeps the cover art
-    ("-map 0:a:0", ".flac", False),  # the user selects the streams
-    ("-c copy", ".flac", False),  # a codec for every stream
-    ("-vf scale=320:240", ".flac", False),
-    ("-vn", ".flac", False),  # already there
+@pytest.mark.parametrize("options, ext, source, adds", [
+    ("-ac 1 -ar 16000", ".flac", ".mp4", True),
+    ("-c:a libmp3lame -b:a 64k", ".mp3", ".MOV", True),  # an audio codec decides nothing about video
+    ("-ac 1", ".M4A", ".mkv", True),
+    ("-ac 1 -f flac", ".bin", ".webm", True),  # the muxer named, not the extension
+    ("-ac 1", ".flac", "", True),  # no extension: it may be a video
+    ("-ac 1", ".flac", ".mp3", False),  # an audio file: its picture is cover art, carried over as FFmpeg does
+    ("-ac 1", ".mp3", ".flac", False),
+    ("-ac 1", ".mp4", ".mp4", False),  # a container for video: the user's video is kept
+    ("-ac 1 -f mp4", ".flac", ".mp4", False),
+    ("-ac 1 -c:v copy", ".flac", ".mp4", False),  # the user keeps the picture track
+    ("-map 0:a:0", ".flac", ".mp4", False),  # the user selects the streams
+    ("-c copy", ".flac", ".mp4", False),  # a codec for every stream
+    ("-vf scale=320:240", ".flac", ".mp4", False),
+    ("-vn", ".flac", ".mp4", False),  # already there
 ])
-def test_adds_no_video(options, ext, adds):
+def test_adds_no_video(options, ext, source, adds):
     from ffleet.policy import parse_options
 
-    assert adds_no_video(parse_options(options), ext) is adds
+    assert adds_no_video(parse_options(options), ext, source) is adds
 
 
 def test_video_input_to_an_audio_container_decodes_no_video(tmp_path):
@@ -269,6 +272,15 @@ def test_video_input_to_an_audio_container_decodes_no_video(tmp_path):
     (tmp_path / "keep").mkdir()
     keep = make_ctx(tmp_path / "keep", "-ac 1 -ar 16000", extension=".mp4")  # a video container keeps the video
     assert "-vn" not in keep.ffmpeg_argv(tmp_path / "in" / "clip.mp4", tmp_path / "out.mp4")
+    # measured at the output too: the analysis joins the -af of the audio-only command
+    measured = WorkContext.for_request(parse_request({
+        "name": "t", "input": {"path": str(tmp_path / "in")}, "quality": {"measure": True},
+        "output": {"path": str(tmp_path / "measured"), "extension": ".flac", "file_options": "-ac 1 -ar 16000"}}),
+        work_dir=tmp_path / "work-measured")
+    assert "-vn" in measured.ffmpeg_argv(tmp_path / "in" / "clip.mp4", tmp_path / "m.flac")
+    res = process_item(measured, ListedObject("clip.mp4"))
+    assert res.status == SUCCEEDED and res.extra["audio"]["measured_at"] == "output"
+    assert res.extra["audio"]["duration"] == pytest.approx(2.0, abs=0.1)
 
 
 def test_video_input_bench_harness_runs():  # not its figures: those are not checked

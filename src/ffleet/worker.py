@@ -66,7 +66,8 @@ def expected_duration(input_duration: float | None, tokens: dict[str, list[str]]
 # Audio-only containers (by extension, or -f muxer name). FFmpeg still maps a video stream to some
 # of them (FLAC and MP3 take PNG pictures, M4A an H.264 track, Ogg Theora): for a video input that
 # means decoding and re-encoding every frame, 160x the CPU of the audio conversion for a 20 s 720p
-# clip to FLAC (bench/video_input.py), and the FLAC keeps none of it.
+# clip to FLAC (bench/video_input.py), and the FLAC keeps none of it. An audio file's only picture
+# is its cover art, which FFmpeg carries over at the cost of one picture: that is left alone.
 AUDIO_ONLY_OUTPUTS = {"flac", "wav", "w64", "mp3", "opus", "ogg", "oga", "m4a", "m4b", "aac", "adts", "ipod",
                       "aif", "aiff", "ac3", "eac3", "wv", "mka"}
 # Output options that decide about video or stream selection; with any of them, the user decides.
@@ -79,11 +80,14 @@ def _decides_video(flag: str) -> bool:
             or (base in ("-c", "-codec") and not spec))  # a codec for every stream, video included
 
 
-def adds_no_video(output_tokens: list[str], output_ext: str) -> bool:
-    """Whether ffleet adds -vn: an audio-only output, and options that decide nothing about video.
+def adds_no_video(output_tokens: list[str], output_ext: str, input_ext: str) -> bool:
+    """Whether ffleet adds -vn: an input that may hold video (not an audio-only container by its
+    extension), an audio-only output, and options that decide nothing about video.
 
-    To keep an MP3's cover art in a FLAC, say so: `-c:v copy` (or map the streams with -map).
+    To keep a video's picture track in an audio file anyway, say so: `-c:v ...` or `-map`.
     """
+    if input_ext.lower().lstrip(".") in AUDIO_ONLY_OUTPUTS:
+        return False  # an audio file: its picture, if any, is cover art
     muxer = next((v for flag, v in option_pairs(output_tokens) if flag == "-f" and v), None)
     if (muxer or output_ext.lower().lstrip(".")) not in AUDIO_ONLY_OUTPUTS:
         return False
@@ -107,10 +111,10 @@ class WorkContext:
     tokens: dict[str, list[str]] = field(init=False)
     guard: list[str] = field(init=False)
     measuring: bool = field(init=False)
-    # output extension -> its output options (the user's, -vn added for an audio-only container)
-    _outputs: dict[str, list[str]] = field(init=False, default_factory=dict, repr=False)
-    # output extension -> its OutputTap (None: measure the source); the same for every file with that extension
-    _taps: dict[str, audio_quality.OutputTap | None] = field(init=False, default_factory=dict, repr=False)
+    # (input, output extension) -> the output options (the user's, -vn added for video into an audio container)
+    _outputs: dict[tuple[str, str], list[str]] = field(init=False, default_factory=dict, repr=False)
+    # (input, output extension) -> its OutputTap (None: measure the source)
+    _taps: dict[tuple[str, str], audio_quality.OutputTap | None] = field(init=False, default_factory=dict, repr=False)
     # measuring: a raised -loglevel, and the second output that analyses the source; the same for every file
     _loglevel: list[str] = field(init=False, default_factory=list, repr=False)
     _source_analysis: list[str] = field(init=False, default_factory=list, repr=False)
@@ -137,33 +141,35 @@ class WorkContext:
         out = self.request.output
         return output_key(key, out.s3_prefix, out.s3_suffix, out.extension)
 
-    def output_options(self, dst: Path) -> list[str]:
-        """The output options for a file written to dst: the user's, and -vn where adds_no_video says."""
-        if dst.suffix not in self._outputs:  # a race between threads computes the same value twice: harmless
+    def output_options(self, src: Path, dst: Path) -> list[str]:
+        """The output options for src written to dst: the user's, and -vn where adds_no_video says."""
+        key = (src.suffix.lower(), dst.suffix)
+        if key not in self._outputs:  # a race between threads computes the same value twice: harmless
             out = self.tokens["output"]
-            self._outputs[dst.suffix] = [*out, "-vn"] if adds_no_video(out, dst.suffix) else out
-        return self._outputs[dst.suffix]
+            self._outputs[key] = [*out, "-vn"] if adds_no_video(out, dst.suffix, src.suffix) else out
+        return self._outputs[key]
 
-    def measure_tap(self, dst: Path) -> audio_quality.OutputTap | None:
+    def measure_tap(self, src: Path, dst: Path) -> audio_quality.OutputTap | None:
         """How this file's written audio is measured, or None (not measuring, or measuring the source)."""
         q = self.request.quality
         if not self.measuring or q.measure_at != "output":
             return None
-        if dst.suffix not in self._taps:
-            tokens = {**self.tokens, "output": self.output_options(dst)}
-            self._taps[dst.suffix] = audio_quality.output_tap(tokens, dst.suffix, q.true_peak, self.binaries.ffmpeg)
-        return self._taps[dst.suffix]
+        key = (src.suffix.lower(), dst.suffix)
+        if key not in self._taps:
+            tokens = {**self.tokens, "output": self.output_options(src, dst)}
+            self._taps[key] = audio_quality.output_tap(tokens, dst.suffix, q.true_peak, self.binaries.ffmpeg)
+        return self._taps[key]
 
     def ffmpeg_argv(self, src: Path, dst: Path) -> list[str]:
         t = self.tokens
         head = [self.binaries.ffmpeg, "-hide_banner", "-nostdin", "-nostats", *t["global"]]
         reading = [*t["input"], *self.guard, "-i", str(src)]
-        output = self.output_options(dst)
+        output = self.output_options(src, dst)
         if not self.measuring:
             return [*head, *reading, *output, "-y", str(dst)]
         # measuring: the same run also analyses the audio (see ffleet.audio_quality)
         head += self._loglevel
-        tap = self.measure_tap(dst)
+        tap = self.measure_tap(src, dst)
         if tap is not None:  # the output's audio chain ends in an asplit to the analysis
             return [*head, *reading, *tap.args, "-y", str(dst)]
         return [*head, *reading, *output, "-y", str(dst), *self._source_analysis]  # a second output
@@ -278,7 +284,7 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     result.bytes_out = dst.stat().st_size
     # 5. Quality: measurements into the record; a file failing a filter ends as rejected.
     result.status = SUCCEEDED
-    if ctx.measuring and not audio_quality.apply_quality(req, run.stderr, result, ctx.measure_tap(dst), info):
+    if ctx.measuring and not audio_quality.apply_quality(req, run.stderr, result, ctx.measure_tap(src, dst), info):
         return
     # 6. Store: atomic for folders (temp + rename), whole-object for S3.
     ctx.output_store.store(dst, out_key)
