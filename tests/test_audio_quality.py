@@ -374,6 +374,8 @@ def test_measuring_keeps_the_streams_ffmpeg_picks(tmp_path, monkeypatch, ffmpeg,
     ("-ar:a:0 16000", ".flac"),
     ("-ac 1 -f matroska", ".flac"),  # no default encoder listed for the muxer
     ("-shortest -ac 1", ".flac"),
+    ("-frames:v 1 -ac 1", ".m4a"),  # a video frame limit ends the whole output
+    ("-vframes 1 -ac 1", ".m4a"),
     ("-c:a copy", ".flac"),  # stream copy decodes nothing to measure
     ("-ac 1", ".xyz"),  # a container without a known default encoder
     ("-c:a no_such_encoder", ".flac"),

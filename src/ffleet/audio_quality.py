@@ -154,7 +154,8 @@ def global_args(global_tokens: list[str]) -> list[str]:
 # Output options whose effect would differ once the analysis hangs off the audio chain: timing and
 # frame limits act after the filters, at frame granularity, so the analysis would see more than is
 # written; a layout the rewrite does not spell, or a complex graph, cannot be reproduced in it.
-_TAP_BLOCKERS = {"-ss", "-t", "-to", "-sseof", "-frames", "-aframes", "-shortest", "-apad", "-async",
+# (-frames:v too: with FFmpeg 6.0 here, a video stream reaching its limit ended the output, audio included.)
+_TAP_BLOCKERS = {"-ss", "-t", "-to", "-sseof", "-frames", "-aframes", "-vframes", "-shortest", "-apad", "-async",
                  "-ch_layout", "-channel_layout", "-filter_complex", "-lavfi"}
 _TAP_LAYOUTS = {"1": "mono", "2": "stereo"}
 # The encoder FFmpeg picks when the user names none: the muxer's default audio codec, as FFmpeg
@@ -223,7 +224,7 @@ def output_tap(tokens: dict[str, list[str]], output_ext: str, true_peak: bool = 
     audio_maps = video_maps = 0
     for flag, value in option_pairs(out):
         name = flag.split(":", 1)[0]
-        if name in _TAP_BLOCKERS and flag not in ("-frames:v", "-frames:v:0"):
+        if name in _TAP_BLOCKERS:
             return None
         if flag in _AUDIO_FILTER_FLAGS:
             if chain is not None or value is None or "[" in value or ";" in value:  # labels or a second -af
