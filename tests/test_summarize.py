@@ -558,3 +558,42 @@ def test_summarize_s3_location_builds_one_client(s3_endpoint, monkeypatch):
     s = summarize_location(f"s3://results/{run.prefix}", write=True).summary
     assert s["files"]["succeeded"] == 1 and s["files"]["failed"] == 1
     assert len(made) == 1
+
+
+def _record_to(key: str, output_key: str, status: str = "succeeded") -> dict:
+    r = record(key, status)
+    r["output_key"] = output_key
+    return r
+
+
+@pytest.mark.parametrize("rerun", [False, True], ids=["first_run", "rerun_skipped"])
+def test_inputs_of_different_batches_sharing_an_output_are_failed(cloud_run, rerun):
+    """song.mp3 and song.wav both became song.flac, in two batch jobs: each job saw no clash, so the
+    summary counts the later record as failed (output_collision) and puts it in the re-drive manifest.
+    On a re-run both are skipped (the object exists): the clash must still show."""
+    run, summarize = cloud_run
+    status = "skipped" if rerun else "succeeded"
+    run.batch("b1", ["a/song.mp3"], records=[_record_to("a/song.mp3", "flac/a/song.flac", status)])
+    run.batch("b2", ["a/song.wav", "a/other.wav"], records=[_record_to("a/song.wav", "flac/a/song.flac", status),
+                                                           _record_to("a/other.wav", "flac/a/other.flac", status)])
+    result, folder = summarize(tolerated_failure_percent=50)
+    s = result.summary
+    assert s["files"]["failed"] == 1 and s["failures_by_reason"] == {"output_collision": 1}
+    (failure,) = s["failures"]
+    assert failure["key"] == "a/song.wav" and "a/song.mp3" in failure["detail"] and "flac/a/song.flac" in failure["detail"]
+    assert redrive_keys(folder / "failed-files.jsonl") == ["a/song.wav"]
+    # a request that keeps each input's extension cannot map two inputs to one output: nothing is checked
+    unchecked, _ = summarize(tolerated_failure_percent=50, outputs_may_collide=False)
+    assert unchecked.summary["files"]["failed"] == 0
+
+
+@pytest.mark.parametrize("output, checked", [({"s3_bucket": "o", "extension": ".flac"}, True),
+                                             ({"s3_bucket": "o"}, False), (None, True)])
+def test_summarize_event_checks_outputs_only_when_an_extension_is_replaced(monkeypatch, output, checked):
+    import ffleet.summarize as summarize_module
+
+    seen = {}
+    monkeypatch.setattr(summarize_module, "summarize_cloud", lambda *a, **kw: seen.update(kw))
+    request = {"name": "t", "output": output} if output is not None else {}
+    summarize_module.summarize_event(parse_event({"execution_name": "e", "results_prefix": "s3://b/p/", "request": request}), None)
+    assert seen["outputs_may_collide"] is checked

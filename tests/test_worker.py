@@ -290,3 +290,35 @@ def test_video_input_bench_harness_runs():  # not its figures: those are not che
                            "--rounds", "2"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ffmpeg as given" in proc.stdout and "ffleet (adds -vn)" in proc.stdout and "x the CPU without -vn" in proc.stdout
+
+
+def test_inputs_that_share_an_output_key_are_failed_not_overwritten(tmp_path, tone_cache):
+    """song.mp3 and song.wav both become song.flac: the first listed converts, the other fails with
+    output_collision (naming the first), on every run; the extension that no other input shares converts."""
+    from ffleet.worker import run_items
+
+    ctx = make_ctx(tmp_path, "-ac 1 -ar 16000")
+    items = [put(tmp_path, "a/song.mp3", tone_cache(".mp3", 2.0)), put(tmp_path, "a/song.wav", tone_cache(".wav", 3.0)),
+             put(tmp_path, "a/other.wav", tone_cache(".wav", 3.0))]
+    for attempt in ("first run", "re-run"):
+        results = {r.key: r for r in run_items(ctx, items, workers=2)}
+        expected = SKIPPED if attempt == "re-run" else SUCCEEDED
+        assert results["a/song.mp3"].status == expected and results["a/other.wav"].status == expected, attempt
+        clash = results["a/song.wav"]
+        assert (clash.status, clash.reason, clash.output_key) == (FAILED, "output_collision", "a/song.flac"), attempt
+        assert "a/song.mp3" in clash.detail and "a/song.flac" in clash.detail
+    # the output is the first input's: 2 s, not the colliding 3 s
+    from ffleet.ffmpeg import probe
+
+    info, _ = probe(tmp_path / "out" / "a" / "song.flac", find_binaries())
+    assert float(info["format"]["duration"]) == pytest.approx(2.0, abs=0.1)
+
+
+def test_without_an_extension_change_outputs_cannot_collide(tmp_path, tone_cache):
+    from ffleet.worker import run_items
+
+    ctx = make_ctx(tmp_path, "-ac 1 -ar 16000", extension=None)  # the original sample's mapping: key + suffix
+    items = [put(tmp_path, "song.mp3", tone_cache(".mp3", 2.0)), put(tmp_path, "song.wav", tone_cache(".wav", 2.0))]
+    assert sorted((r.key, r.status, r.output_key) for r in run_items(ctx, items, workers=2)) == [
+        ("song.mp3", SUCCEEDED, "song.mp3"), ("song.wav", SUCCEEDED, "song.wav")]
+    assert not list((tmp_path / "work").glob("claims-*"))  # no claims kept, and none left behind

@@ -12,7 +12,7 @@ SUCCEEDED, FAILED, SKIPPED, REJECTED, NOT_DONE = "succeeded", "failed", "skipped
 # or the infrastructure's (a retry may).
 FILE_REASONS = (
     "empty_input", "corrupt_input", "unsupported_format", "no_audio_stream", "timeout", "ffmpeg_error", "invalid_output",
-    "not_found",
+    "not_found", "output_collision",
 )
 INFRA_REASONS = ("storage_error", "interrupted", "batch_job_failed", "internal_error")
 

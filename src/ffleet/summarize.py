@@ -20,7 +20,7 @@ from ffleet.inventory import item_key, wanted
 from ffleet.report import REPORT_FILE, render_html
 from ffleet.request import RequestError, parse_request
 from ffleet.results import (
-    FAILED, FAILED_FILE, NOT_DONE, RECORDS_DIR, RECORDS_FILE, SUMMARY_FILE, SUCCEEDED, ItemResult, SummaryBuilder, failed_manifest_line,
+    FAILED, FAILED_FILE, NOT_DONE, RECORDS_DIR, RECORDS_FILE, SKIPPED, SUMMARY_FILE, SUCCEEDED, ItemResult, SummaryBuilder, failed_manifest_line,
     read_records, summary_text,
 )
 from ffleet.storage import (
@@ -349,6 +349,7 @@ class _Ledger:
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-2000;"
             "CREATE TABLE batch(id TEXT PRIMARY KEY, status TEXT, detail TEXT, keys TEXT, seen INTEGER DEFAULT 0);"
             "CREATE TABLE loose(key TEXT PRIMARY KEY, status TEXT, detail TEXT);"
+            "CREATE TABLE output(key TEXT PRIMARY KEY, input TEXT);"
         )
         self.loose_count = 0
 
@@ -390,6 +391,13 @@ class _Ledger:
             self.loose_count -= 1
         return row
 
+    def claim_output(self, output_key: str, input_key: str) -> str | None:
+        """Record that input_key's output is output_key; the other input already written there, if any."""
+        if self.db.execute("INSERT OR IGNORE INTO output VALUES (?, ?)", (output_key, input_key)).rowcount:
+            return None
+        (holder,) = self.db.execute("SELECT input FROM output WHERE key = ?", (output_key,)).fetchone()
+        return holder if holder != input_key else None
+
     def unseen(self) -> Iterator[tuple[str, str, str | None, str | None]]:
         cur = self.db.execute("SELECT id, status, detail, keys FROM batch WHERE seen = 0 AND status IS NOT NULL")
         yield from cur
@@ -420,6 +428,16 @@ def worker_keys(items: Any, request: Any) -> list[str]:
     extensions = _request_extensions(json.dumps(request, sort_keys=True)) if isinstance(request, dict) else None
     listed = [ListedObject(key) for key in map(item_key, items) if key]
     return [o.key for o in wanted(listed, list(extensions) if extensions else None, dedupe=True)]
+
+
+def collided(r: ItemResult, holder: str) -> ItemResult:
+    """A record whose output key another input's record already named (in another batch)."""
+    return ItemResult(
+        key=r.key, status=FAILED, output_key=r.output_key, reason="output_collision",
+        bytes_in=r.bytes_in, duration_in=r.duration_in, cpu_seconds=r.cpu_seconds,
+        detail=f"{holder} is also written to {r.output_key} (by another batch job); the object holds whichever "
+               "job finished last. Give the inputs distinct outputs, then re-run both with overwrite",
+    )
 
 
 def unreported(key: str, batch_status: str, detail: str | None, batch_id: str | None) -> ItemResult:
@@ -488,11 +506,17 @@ def summarize_cloud(
     tolerated_failure_percent: float = 0.0,
     write: bool = True,
     inline_outputs: list[Any] | None = None,
+    outputs_may_collide: bool = True,
 ) -> RunSummary:
     """Summarize a cloud run (or a local copy of one): its ResultWriter output and records/*.jsonl.
 
     Memory stays bounded: entries and records are streamed; what must be remembered across the
     run lives in a temporary SQLite file; per batch, at most one batch's keys are held.
+
+    outputs_may_collide (a request whose output.extension replaces the input's): two inputs whose
+    records name the same output key were converted by different jobs (a job fails such a clash
+    within its own batch itself), so the object holds whichever finished last; every such record
+    after the first counts as failed, output_collision.
     """
     store, prefix = open_location(results_prefix, s3_client)
     if isinstance(store, LocalStorage):
@@ -541,6 +565,10 @@ def summarize_cloud(
                 seen_keys: set[str] = set()
                 for r in iter_records(store, obj.key):
                     ledger.claim(r.key)
+                    if outputs_may_collide and r.status in (SUCCEEDED, SKIPPED) and r.output_key:
+                        holder = ledger.claim_output(r.output_key, r.key)
+                        if holder is not None:
+                            r = collided(r, holder)
                     agg.add(r)
                     if track:
                         seen_keys.add(r.key)
@@ -613,9 +641,12 @@ def summarize_event(event: SummarizeEvent, s3_client) -> RunSummary:
     inline = event.map_result if isinstance(event.map_result, list) else None
     details = event.map_result.result_writer_details if isinstance(event.map_result, MapResult) else None
     manifest_uri = f"s3://{details.bucket}/{details.key}" if details else None
+    output = event.request.get("output") if isinstance(event.request.get("output"), dict) else {}
     return summarize_cloud(
         event.results_prefix, manifest_uri, s3_client=s3_client, name=name,
         execution_name=event.execution_name, tolerated_failure_percent=tolerance, inline_outputs=inline,
+        # prefix + key + suffix is one output per input; only a replaced extension can share one
+        outputs_may_collide=bool(output.get("extension")) if event.request else True,
     )
 
 
