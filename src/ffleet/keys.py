@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import posixpath
+import sqlite3
+from pathlib import Path
 
 
 def output_key(input_key: str, prefix: str = "", suffix: str = "", extension: str | None = None) -> str:
@@ -29,3 +31,31 @@ def matches_extensions(key: str, extensions: list[str] | None) -> bool:
 def is_folder_marker(key: str) -> bool:
     """S3 consoles create zero-byte 'folder/' objects; they are never media."""
     return key.endswith("/")
+
+
+class OutputClaims:
+    """Which input each output key belongs to: in a run (ffleet run), a batch (a Batch job), or the
+    records of a whole cloud run (the summarizer).
+
+    Two inputs share an output only when output.extension replaces their own (song.wav and song.mp3
+    both become song.flac). Without a check the second would overwrite the first, or be skipped as
+    "already done" on a re-run, and both would report success. The worker claims in listing order, so
+    the first listed input converts and every later one fails with output_collision. Kept in SQLite
+    on disk: a dict of 3 million key pairs would hold about half a gigabyte; a claim costs about 4 us.
+    """
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(folder / "output-claims.sqlite"), check_same_thread=False)
+        self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+                              "CREATE TABLE IF NOT EXISTS claim(output TEXT PRIMARY KEY, input TEXT)")
+
+    def claim(self, output_key: str, input_key: str) -> str | None:
+        """Claim output_key for input_key; the input that already holds it, if another."""
+        if self.db.execute("INSERT OR IGNORE INTO claim VALUES (?, ?)", (output_key, input_key)).rowcount:
+            return None
+        (holder,) = self.db.execute("SELECT input FROM claim WHERE output = ?", (output_key,)).fetchone()
+        return holder if holder != input_key else None
+
+    def close(self) -> None:
+        self.db.close()

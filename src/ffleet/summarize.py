@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ffleet.inventory import item_key, wanted
+from ffleet.keys import OutputClaims
 from ffleet.report import REPORT_FILE, render_html
 from ffleet.request import RequestError, parse_request
 from ffleet.results import (
@@ -349,7 +350,6 @@ class _Ledger:
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-2000;"
             "CREATE TABLE batch(id TEXT PRIMARY KEY, status TEXT, detail TEXT, keys TEXT, seen INTEGER DEFAULT 0);"
             "CREATE TABLE loose(key TEXT PRIMARY KEY, status TEXT, detail TEXT);"
-            "CREATE TABLE output(key TEXT PRIMARY KEY, input TEXT);"
         )
         self.loose_count = 0
 
@@ -390,13 +390,6 @@ class _Ledger:
             self.db.execute("DELETE FROM loose WHERE key = ?", (key,))
             self.loose_count -= 1
         return row
-
-    def claim_output(self, output_key: str, input_key: str) -> str | None:
-        """Record that input_key's output is output_key; the other input already written there, if any."""
-        if self.db.execute("INSERT OR IGNORE INTO output VALUES (?, ?)", (output_key, input_key)).rowcount:
-            return None
-        (holder,) = self.db.execute("SELECT input FROM output WHERE key = ?", (output_key,)).fetchone()
-        return holder if holder != input_key else None
 
     def unseen(self) -> Iterator[tuple[str, str, str | None, str | None]]:
         cur = self.db.execute("SELECT id, status, detail, keys FROM batch WHERE seen = 0 AND status IS NOT NULL")
@@ -526,6 +519,7 @@ def summarize_cloud(
     with tempfile.TemporaryDirectory(prefix="ffleet-summarize-") as tmp:
         agg = _Aggregation(Path(tmp) / FAILED_FILE)
         ledger = _Ledger(tmp)
+        claims = OutputClaims(Path(tmp)) if outputs_may_collide else None
         run: dict[str, Any] = {"name": name, "execution_name": execution_name, "mode": "cloud"}
         start = stop = None
         try:
@@ -565,8 +559,8 @@ def summarize_cloud(
                 seen_keys: set[str] = set()
                 for r in iter_records(store, obj.key):
                     ledger.claim(r.key)
-                    if outputs_may_collide and r.status in (SUCCEEDED, SKIPPED) and r.output_key:
-                        holder = ledger.claim_output(r.output_key, r.key)
+                    if claims is not None and r.status in (SUCCEEDED, SKIPPED) and r.output_key:
+                        holder = claims.claim(r.output_key, r.key)
                         if holder is not None:
                             r = collided(r, holder)
                     agg.add(r)
@@ -589,6 +583,8 @@ def summarize_cloud(
         finally:
             agg.close()
             ledger.close()
+            if claims is not None:
+                claims.close()
         run["results"] = store.uri(prefix)
         run["record_files"] = agg.record_files
         if start and stop:

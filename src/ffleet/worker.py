@@ -6,7 +6,6 @@ import math
 import os
 import re
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
@@ -20,7 +19,7 @@ from ffleet.ffmpeg import (
     Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, probe,
     run_process,
 )
-from ffleet.keys import output_key
+from ffleet.keys import OutputClaims, output_key
 from ffleet.policy import option_pairs
 from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
@@ -355,36 +354,8 @@ def default_workers(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     return min(cpus, quota) if quota else cpus
 
 
-class OutputClaims:
-    """Which input each output key belongs to, in this run (locally) or this batch (a Batch job).
-
-    Two inputs share an output only when output.extension replaces their own (song.wav and song.mp3
-    both become song.flac). Without a check the second would overwrite the first, or be skipped as
-    "already done" on a re-run, and both would report success. Claims are made in listing order, so
-    the first listed input converts and every later one fails with output_collision. Kept in SQLite
-    on disk: a dict of 3 million key pairs would hold about half a gigabyte; a claim costs about 4 us.
-    """
-
-    def __init__(self, folder: Path):
-        folder.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(folder / "output-claims.sqlite"), check_same_thread=False)
-        self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
-                              "CREATE TABLE IF NOT EXISTS claim(output TEXT PRIMARY KEY, input TEXT)")
-
-    def claim(self, output_key: str, input_key: str) -> str | None:
-        """Claim output_key for input_key; the input that already holds it, if another."""
-        if self.db.execute("INSERT OR IGNORE INTO claim VALUES (?, ?)", (output_key, input_key)).rowcount:
-            return None
-        (holder,) = self.db.execute("SELECT input FROM claim WHERE output = ?", (output_key,)).fetchone()
-        return holder if holder != input_key else None
-
-    def close(self) -> None:
-        self.db.close()
-
-
-def output_collision(ctx: WorkContext, item: ListedObject, holder: str) -> ItemResult:
+def output_collision(item: ListedObject, out_key: str, holder: str) -> ItemResult:
     """The record of an input whose output key an earlier input of the run already has."""
-    out_key = ctx.output_key_for(item.key)
     return ItemResult(
         key=item.key, status=FAILED, output_key=out_key, reason="output_collision",
         detail=f"{holder} (listed earlier) is also written to {out_key}; give the inputs distinct outputs "
@@ -416,11 +387,12 @@ def run_items(
     def submit_next(pool: ThreadPoolExecutor) -> bool:
         with lock:  # claimed in listing order: the first listed input keeps the output
             item = next(iterator, None)
-            holder = claims.claim(ctx.output_key_for(item.key), item.key) if item is not None and claims else None
+            out_key = ctx.output_key_for(item.key) if item is not None and claims else None
+            holder = claims.claim(out_key, item.key) if out_key is not None else None
         if item is None:
             return False
         if holder is not None:
-            in_flight.add(pool.submit(output_collision, ctx, item, holder))
+            in_flight.add(pool.submit(output_collision, item, out_key, holder))
         else:
             in_flight.add(pool.submit(process_item, ctx, item))
         return True
