@@ -236,7 +236,9 @@ def parse_input_info(stderr: str) -> InputInfo:
             audio.setdefault(int(index), desc)
     # the audio stream FFmpeg converted (it picks the default one, then the one with most
     # channels), as its stream mapping says; else the first
-    mapped = [int(i) for i in _MAPPED_TO_FIRST_OUTPUT.findall(stderr[start:])]
+    # (only the mapping section is scanned: a measuring run's log can run to a megabyte of filter lines)
+    mapping_at = stderr.find("Stream mapping:", start)
+    mapped = [int(i) for i in _MAPPED_TO_FIRST_OUTPUT.findall(stderr, mapping_at, mapping_at + 4096)] if mapping_at >= 0 else []
     desc = next((audio[i] for i in mapped if i in audio), next(iter(audio.values()), None))
     if desc is not None:
         info.audio_codec = desc.split(",")[0].split(" ")[0].strip()
