@@ -1,4 +1,5 @@
 """The worker with real FFmpeg: good files convert and verify; each kind of bad file fails alone, with a reason."""
+import os
 import shutil
 import subprocess
 import stat
@@ -99,8 +100,9 @@ def _fake_ffmpeg(tmp_path, body: str) -> Path:
     return script
 
 
-def test_ffmpeg_exit_0_with_header_only_output_is_a_failure(tmp_path, tone_cache):
+def test_ffmpeg_exit_0_with_header_only_output_is_a_failure(tmp_path, tone_cache, monkeypatch):
     # What FFmpeg did here with an m4a read from a pipe: exit 0 after writing a header-only file.
+    monkeypatch.setenv("FFLEET_SANDBOX_LIBS", os.environ["FFLEET_SANDBOX_LIBS"] + os.pathsep + str(tmp_path))
     header_only = tmp_path / "header.m4a"
     from ffleet.demo import make_tone
     good = make_tone(tmp_path / "g.m4a", 1.0)

@@ -22,6 +22,7 @@ from ffleet.results import (
 )
 from ffleet.runner import stop_on_signals
 from ffleet.storage import Forbidden, ListedObject, NotFound, S3Storage, StorageError, s3_client, split_s3_uri
+from ffleet.sandbox import SandboxRequired
 from ffleet.worker import WorkContext, default_workers, run_items
 
 # Exit codes. Batch's retryStrategy and Step Functions' Retry can tell them apart:
@@ -281,7 +282,11 @@ def run_batch(
     results = S3Storage(bucket, client)
     previous = read_previous_records(results, records_key)
     work_dir = Path(tempfile.mkdtemp(prefix="ffleet-worker-"))
-    ctx = WorkContext.for_request(batch.request, work_dir=work_dir, client=results.client)
+    try:
+        ctx = WorkContext.for_request(batch.request, work_dir=work_dir, client=results.client)
+    except SandboxRequired as exc:  # this host cannot confine FFmpeg: no retry on it will either
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise InvalidBatch(str(exc)) from exc
     state = _BatchState()
     all_done = threading.Event()
 
@@ -344,6 +349,7 @@ def run_batch(
     log(
         "INFO", "batch started", event="batch_start", files_in_batch=len(batch.items), ignored_keys=batch.ignored,
         workers=workers, records=batch.records_uri, earlier_records=len(previous) or None,
+        sandbox=ctx.sandbox.to_dict(),
     )
     threading.Thread(target=watchdog, name="ffleet-stop-watchdog", daemon=True).start()
     consecutive = 0

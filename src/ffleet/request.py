@@ -170,6 +170,14 @@ class ProcessingSpec(_Model):
     verify_duration: bool = Field(
         True, description="Fail outputs whose duration differs from the input's (after -ss/-t/-to)."
     )
+    require_sandbox: bool | None = Field(
+        None, description="Refuse to run unless every FFmpeg can be confined by the kernel (Landlock + seccomp). "
+        "Default: true in the worker image (FFLEET_REQUIRE_SANDBOX=1), false elsewhere.",
+    )
+    max_output_bytes: int = Field(
+        10 * 1024**3, ge=1024**2, le=1024**4,
+        description="The most one FFmpeg may write to one file (RLIMIT_FSIZE); past it the file fails output_too_large.",
+    )
 
 
 class QualitySpec(_Model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -95,6 +96,8 @@ def run_request(
     own_work_dir = work_dir is None
     wd = Path(work_dir or tempfile.mkdtemp(prefix="ffleet-run-"))
     ctx = WorkContext.for_request(request, work_dir=wd / "items", client=client)
+    if not ctx.sandbox.available:  # once per run; a request that requires it has been refused above
+        print(f"ffleet: warning: {ctx.sandbox.describe()}", file=sys.stderr)
     builder = SummaryBuilder()
     # Records are appended and flushed as each file ends, so a killed run still leaves a record of
     # everything it finished. For S3 results they are staged locally and uploaded at the end.
@@ -133,6 +136,7 @@ def run_request(
             workers=workers or default_workers(),
             results=store.uri(run_prefix),
         )
+        summary["sandbox"] = ctx.sandbox.to_dict()
         (run_dir / SUMMARY_FILE).write_text(summary_text(summary), encoding="utf-8")
         (run_dir / REPORT_FILE).write_text(render_html(summary), encoding="utf-8")
         if not isinstance(store, LocalStorage):

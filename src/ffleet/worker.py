@@ -6,6 +6,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -22,7 +23,9 @@ from ffleet.ffmpeg import (
 from ffleet.keys import OutputClaims, output_key
 from ffleet.policy import option_pairs
 from ffleet.request import JobRequest
+from ffleet import sandbox
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
+from ffleet.sandbox import HELPER_EXIT, Confinement, SandboxStatus
 from ffleet.storage import ListedObject, NotFound, Storage, StorageError, input_storage, output_storage
 
 # Messages FFmpeg prints when the input itself is unreadable (rather than the options being wrong).
@@ -35,6 +38,7 @@ _CORRUPT_PATTERNS = re.compile(
 )
 _NOT_ON_WHITELIST = re.compile(r"^\[(\w+) @ [^\]]+\] Format not on whitelist", re.M)
 _NO_SPACE = re.compile(r"No space left on device", re.I)
+_SANDBOX_REFUSED = re.compile(r"^ffleet-sandbox: ", re.M)
 
 
 def expected_duration(input_duration: float | None, tokens: dict[str, list[str]]) -> float | None:
@@ -118,8 +122,12 @@ class WorkContext:
     # measuring: a raised -loglevel, and the second output that analyses the source; the same for every file
     _loglevel: list[str] = field(init=False, default_factory=list, repr=False)
     _source_analysis: list[str] = field(init=False, default_factory=list, repr=False)
+    sandbox: SandboxStatus = field(init=False)
 
     def __post_init__(self) -> None:
+        # before any file is touched: a request that requires the sandbox refuses to start without it
+        required = self.request.processing.require_sandbox
+        self.sandbox = sandbox.require(sandbox.required_by_default() if required is None else required)
         self.tokens = self.request.option_tokens()
         # a user's input -f (e.g. s16le for raw PCM) is a demuxer they chose: let it through
         user_formats = [v for flag, v in option_pairs(self.tokens["input"]) if flag == "-f" and v is not None]
@@ -229,6 +237,8 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     run = run_process(
         ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry,
         stderr_limit=audio_quality.ANALYSIS_STDERR_LIMIT if ctx.measuring else 64_000,
+        # the kernel keeps FFmpeg to its input and this file's own folder, whatever its options say
+        confinement=Confinement(read=(str(src),), write=(str(slot),), max_output_bytes=req.processing.max_output_bytes),
     )
     result.cpu_seconds += run.cpu_seconds
     info = parse_input_info(run.stderr)
@@ -241,6 +251,13 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     if info.parsed and not info.has_audio and req.processing.require_audio:
         result.reason = "no_audio_stream"
         result.detail = f"input has no audio stream (streams: {', '.join(info.stream_types) or 'none'})"
+        return
+    if run.returncode == -signal.SIGXFSZ:
+        result.reason = "output_too_large"
+        result.detail = f"FFmpeg wrote more than processing.max_output_bytes={req.processing.max_output_bytes}"
+        return
+    if run.returncode == HELPER_EXIT and _SANDBOX_REFUSED.search(run.stderr):
+        result.reason, result.detail = "sandbox_error", last_error_lines(run.stderr, 2)
         return
     if run.returncode != 0:
         tail = last_error_lines(run.stderr).replace(str(src), item.key)
