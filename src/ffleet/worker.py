@@ -20,7 +20,7 @@ from ffleet.ffmpeg import (
 )
 from ffleet.cpus import cgroup_cpu_limit, usable_cpus  # noqa: F401 - cgroup_cpu_limit is re-exported
 from ffleet.keys import OutputClaims, output_key
-from ffleet.policy import option_pairs
+from ffleet.policy import option_pairs, refused_output_extension
 from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
 from ffleet.storage import ListedObject, NotFound, Storage, StorageError, input_storage, output_storage
@@ -176,10 +176,11 @@ class WorkContext:
 
 
 def _temp_suffix(out_key: str) -> str:
-    """The temp file keeps the output's extension, so FFmpeg picks the same muxer it would for the key."""
+    """The temp file keeps the output's extension, so FFmpeg picks the same muxer it would for the key
+    (none for an extension whose muxer writes other files: FFmpeg then fails the file)."""
     name = out_key.rsplit("/", 1)[-1]
     ext = os.path.splitext(name)[1]
-    return ext if re.match(r"^\.[A-Za-z0-9]{1,10}$", ext) else ""
+    return ext if re.match(r"^\.[A-Za-z0-9]{1,10}$", ext) and not refused_output_extension(ext) else ""
 
 
 def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
