@@ -417,8 +417,9 @@ def _check_filter(spec_name: str, args: str | None) -> None:
         raise OptionPolicyError(args, "filter arguments must not name a protocol")
     for position, (key, value) in enumerate(_filter_args(args)):
         where = f"{name}={key}" if key else f"{name}={value}"
-        if key and "/" in key:
-            # FFmpeg 6+: "/option=PATH" sets the option to the contents of the file PATH
+        if (key and "/" in key) or (key is None and _FILTER_KEY.match(value) and "/" in _FILTER_KEY.match(value).group(1)):
+            # FFmpeg 6+: "/option=PATH" sets the option to the contents of the file PATH (a value
+            # that reads so after one more unescaping is refused too: another parser may unescape it)
             raise OptionPolicyError(where, "filter options read from a file ('/option=') are not allowed")
         if key and _PATH_OPTION.match(key):
             raise OptionPolicyError(where, "filter options that name a file are not allowed")
