@@ -115,8 +115,9 @@ def test_ffmpeg_exit_0_with_header_only_output_is_a_failure(tmp_path, tone_cache
 
 
 def test_hung_ffmpeg_is_killed_at_timeout(tmp_path, tone_cache):
-    # an input looped forever never ends: a real hang, not a fake
-    ctx = make_ctx(tmp_path, input_options="-stream_loop -1", timeout_seconds_per_file=2)
+    # an input looped 100 times and read in real time runs 101 s: a real hang, not a fake
+    # (the policy refuses an endless loop, -stream_loop -1)
+    ctx = make_ctx(tmp_path, input_options="-re -stream_loop 100", timeout_seconds_per_file=2)
     r = process_item(ctx, put(tmp_path, "loop.wav", tone_cache(".wav", 1.0)))
     assert (r.status, r.reason) == (FAILED, "timeout"), r
     assert not (tmp_path / "out" / "loop.flac").exists()

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ffleet.policy import OptionPolicyError, parse_options
+from ffleet.policy import OptionPolicyError, parse_options, refused_output_extension
 
 COMPUTE_TYPES = ("intel", "amd", "arm", "nvidia", "fargate", "fargate-arm")
 
@@ -138,6 +138,11 @@ class OutputSpec(_Model):
             raise ValueError("give either s3_bucket or path")
         if self.path is not None and self.s3_bucket is not None:
             raise ValueError("give either s3_bucket or path, not both")
+        # FFmpeg picks the muxer from the output name's last extension: the suffix's, if it has one
+        tail = (self.extension or "") + self.s3_suffix
+        why = refused_output_extension(tail) if "." in tail else None
+        if why:
+            raise ValueError(f"output.{'s3_suffix' if '.' in self.s3_suffix else 'extension'}: {why}")
         return self
 
 

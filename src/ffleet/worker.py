@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import math
 import os
 import re
 import shutil
@@ -20,8 +19,9 @@ from ffleet.ffmpeg import (
     Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, probe,
     run_process,
 )
+from ffleet.cpus import cgroup_cpu_limit, usable_cpus  # noqa: F401 - cgroup_cpu_limit is re-exported
 from ffleet.keys import OutputClaims, output_key
-from ffleet.policy import option_pairs
+from ffleet.policy import option_pairs, refused_output_extension
 from ffleet.request import JobRequest
 from ffleet import sandbox
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
@@ -184,10 +184,11 @@ class WorkContext:
 
 
 def _temp_suffix(out_key: str) -> str:
-    """The temp file keeps the output's extension, so FFmpeg picks the same muxer it would for the key."""
+    """The temp file keeps the output's extension, so FFmpeg picks the same muxer it would for the key
+    (none for an extension whose muxer writes other files: FFmpeg then fails the file)."""
     name = out_key.rsplit("/", 1)[-1]
     ext = os.path.splitext(name)[1]
-    return ext if re.match(r"^\.[A-Za-z0-9]{1,10}$", ext) else ""
+    return ext if re.match(r"^\.[A-Za-z0-9]{1,10}$", ext) and not refused_output_extension(ext) else ""
 
 
 def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
@@ -343,32 +344,9 @@ def _float(v) -> float | None:
         return None
 
 
-def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The container's CPU quota in whole CPUs (cgroup v2 cpu.max, or v1 cfs quota), if it has one."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return max(1, math.ceil(int(quota) / int(period)))
-        return None
-    except (OSError, ValueError):
-        pass
-    try:
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 and period_us > 0 else None
-    except (OSError, ValueError):
-        return None
-
-
 def default_workers(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """One FFmpeg per CPU the process may use: the CPUs it may run on (affinity), capped by a
-    container's CPU quota, which a `docker run --cpus` or a Batch job sets without hiding any CPU."""
-    try:
-        cpus = max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        cpus = max(1, os.cpu_count() or 1)
-    quota = cgroup_cpu_limit(cgroup_root)
-    return min(cpus, quota) if quota else cpus
+    """One FFmpeg per CPU the process may use."""
+    return usable_cpus(cgroup_root)
 
 
 def output_collision(item: ListedObject, out_key: str, holder: str) -> ItemResult:
