@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Iterator
+
+from ffleet import shellwords
 
 
 class OptionPolicyError(ValueError):
@@ -142,7 +143,7 @@ def parse_options(text: str) -> list[str]:
     if text is None:
         return []
     try:
-        tokens = shlex.split(text)
+        tokens = shellwords.split(text)  # shlex.split's words, in linear time
     except ValueError as exc:
         raise OptionPolicyError(text, f"cannot be split into arguments ({exc})") from None
     # unknown flags are refused before option_pairs would need to know whether they take a value
@@ -191,7 +192,8 @@ def _split_top(text: str, seps: str) -> list[str]:
 def check_filtergraph(graph: str) -> None:
     """Refuse filters that touch files, and filter options that name a path."""
     for spec in _split_top(graph, ",;"):
-        spec = re.sub(r"\[[^\]]*\]", "", spec).strip()  # drop link labels
+        # drop link labels ('[' excluded inside, or an unclosed '[[[...' takes quadratic time)
+        spec = re.sub(r"\[[^\]\[]*\]", "", spec).strip()
         if not spec:
             continue
         name, _, args = spec.partition("=")
