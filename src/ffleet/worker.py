@@ -283,6 +283,10 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     out_probe, pr = probe(dst, ctx.binaries, registry=ctx.registry)
     result.cpu_seconds += pr.cpu_seconds
     problem = _verify_output(ctx, out_probe, result)
+    if problem and not out_probe:
+        unsupported = _NOT_ON_WHITELIST.search(pr.stderr)
+        if unsupported:  # e.g. playlist bytes: read as such, they would name another file
+            problem += f" (it reads as {unsupported.group(1)}, a format ffleet does not read; see INPUT_FORMATS)"
     if problem:
         result.reason, result.detail = "invalid_output", problem
         return
