@@ -234,7 +234,7 @@ def test_iter_chunks_streams_an_object_and_names_what_is_missing(tmp_path, backe
     with pytest.raises(NotFound, match="missing.bin does not exist"):
         list(store.iter_chunks("missing.bin"))
     if backend == "local":  # a key may not lead out of the folder
-        with pytest.raises(StorageError, match="escapes"):
+        with pytest.raises(StorageError, match="'..' path segment"):
             list(store.iter_chunks("../outside.bin"))
 
 

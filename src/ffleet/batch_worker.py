@@ -139,7 +139,14 @@ def load_batch(env: Mapping[str, str], client=None) -> BatchOfItems:
         data = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidBatch(f"{source}: not valid JSON: {exc}") from None
-    return parse_batch(data, source)
+    except RecursionError:
+        raise InvalidBatch(f"{source}: nested too deeply to be a batch") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise InvalidBatch(f"{source}: not a usable JSON document: {exc}") from None
+    try:
+        return parse_batch(data, source)
+    except RecursionError:
+        raise InvalidBatch(f"{source}: nested too deeply to be a batch") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -266,12 +266,17 @@ def probe(
     path: Path, binaries: Binaries, timeout: float = 60, registry: ProcessRegistry | None = None,
     untrusted: bool = False,
 ) -> tuple[dict | None, ProcessResult]:
-    """ffprobe a local file; returns (json or None, process result). `untrusted`: a user's input."""
+    """ffprobe a local file; returns (json or None, process result). `untrusted`: a user's input.
+
+    Every file is read with the inputs' whitelists, ffleet's own outputs too: the user's options
+    choose what FFmpeg writes, and an output whose bytes form a playlist (`-f u8` copying an input
+    that is one) made ffprobe open the local file it listed and verify that as the output.
+    """
     result = run_process(
         [
             binaries.ffprobe, "-v", "error", "-hide_banner", "-print_format", "json",
             "-show_entries", "format=duration,format_name,size,bit_rate:stream=codec_type,codec_name,sample_rate,channels,duration",
-            *(input_guard() if untrusted else []), str(path),
+            *input_guard(), str(path),
         ],
         timeout=timeout,
         registry=registry,

@@ -19,9 +19,18 @@ class ManifestError(ValueError):
 
 
 def item_key(row: object) -> str | None:
-    """The key a manifest line or a map item names (the first of KEY_FIELDS it has), if a non-empty string."""
+    """The key a manifest line or a map item names (the first of KEY_FIELDS it has), if a non-empty
+    string that S3 could hold (JSON's "\\ud800" decodes to a string no file system or record takes)."""
     key = next((row[f] for f in KEY_FIELDS if isinstance(row, dict) and f in row), None)
-    return key if isinstance(key, str) and key else None
+    return key if isinstance(key, str) and key and _encodable(key) else None
+
+
+def _encodable(key: str) -> bool:
+    try:
+        key.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def wanted(objects: Iterable[ListedObject], extensions, dedupe: bool) -> Iterator[ListedObject]:
@@ -38,37 +47,96 @@ def wanted(objects: Iterable[ListedObject], extensions, dedupe: bool) -> Iterato
 
 
 def parse_manifest(data: bytes, source: str) -> Iterator[ListedObject]:
-    """Yield the keys of a manifest. JSON Lines when the first non-blank line starts with '{'."""
-    text = data.decode("utf-8-sig")
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    if first.lstrip().startswith("{"):
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{source} line {n}: not JSON ({exc.msg})") from None
-            key = item_key(row)
-            if key is None:
-                raise ManifestError(f"{source} line {n}: no 'key' field")
-            size = row.get("size") if isinstance(row.get("size"), int) else None
-            yield ListedObject(key, size)
+    """Yield the keys of a manifest: JSON Lines when the first non-blank line starts with '{', else CSV.
+
+    CSV (RFC 4180, read with the csv module): if the first non-blank row names a column of
+    KEY_FIELDS, that column holds the keys ("c,d.wav" quoted as a field keeps its comma, '""' is a
+    quote, a quoted field may span lines); otherwise the file is one key per line, each line taken
+    whole (commas and quotes included), except that a line that is one quoted field is unquoted.
+    A UTF-8 byte order mark is ignored, blank lines are skipped anywhere, and a quote left open is
+    an error naming its line, never a field that swallows the lines after it.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    lines = text.splitlines()
+    first_at = next((n for n, line in enumerate(lines) if line.strip()), None)
+    if first_at is None:
         return
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None:
+    if lines[first_at].lstrip().startswith("{"):
+        yield from _json_lines(lines, source)
         return
-    column = next((header.index(f) for f in KEY_FIELDS if f in header), None)
+    header = _csv_row(lines[first_at], source, first_at + 1)
+    names = [h.strip() for h in header] if header else []
+    column = next((names.index(f) for f in KEY_FIELDS if f in names), None)
     if column is None:
-        # No recognised header: a bare list of keys, one per row, the first row included.
-        column = 0
-        if header and header[0]:
-            yield ListedObject(header[0])
-    for n, row in enumerate(reader, 2):
-        if not row or not row[column].strip():
+        yield from _key_lines(lines, source)
+    else:
+        yield from _csv_column(text, column, names[column], source)
+
+
+def _json_lines(lines: list[str], source: str) -> Iterator[ListedObject]:
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
             continue
-        yield ListedObject(row[column])
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{source} line {n}: not JSON ({exc.msg})") from None
+        except (RecursionError, ValueError) as exc:
+            raise ManifestError(f"{source} line {n}: not a usable JSON object ({type(exc).__name__})") from None
+        key = item_key(row)
+        if key is None:
+            raise ManifestError(f"{source} line {n}: no 'key' field holding a non-empty string of valid UTF-8")
+        size = row.get("size") if isinstance(row.get("size"), int) else None
+        yield ListedObject(key, size)
+
+
+def _csv_row(line: str, source: str, n: int) -> list[str] | None:
+    try:
+        return next(csv.reader([line], strict=True), None)
+    except csv.Error as exc:
+        raise ManifestError(f"{source} line {n}: not a CSV row ({exc})") from None
+
+
+def _key_lines(lines: list[str], source: str) -> Iterator[ListedObject]:
+    """One key per line, taken whole; a line that is exactly one quoted CSV field is unquoted."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if len(line) >= 2 and line[0] == '"' and line[-1] == '"':
+            row = _csv_row(line, source, n)
+            if row is not None and len(row) == 1:
+                line = row[0]
+        if not _encodable(line):
+            raise ManifestError(f"{source} line {n}: not valid UTF-8")
+        yield ListedObject(line)
+
+
+def _csv_column(text: str, column: int, name: str, source: str) -> Iterator[ListedObject]:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    width = None
+    try:
+        for row in reader:
+            if not row or not any(cell.strip() for cell in row):
+                continue  # a blank row: skip it, the manifest goes on
+            if width is None:
+                width = len(row)  # the header
+                continue
+            if len(row) > width:
+                # an unquoted comma in a key: 'c,d.wav' under a one-column header became 'c'
+                raise ManifestError(f"{source} line {reader.line_num}: {len(row)} fields, but the header has {width}; "
+                                    'quote a key holding a comma as "c,d.wav"')
+            if column >= len(row):
+                raise ManifestError(f"{source} line {reader.line_num}: no '{name}' column (the row has {len(row)} fields)")
+            if row[column].strip():
+                yield ListedObject(row[column])
+    except csv.Error as exc:
+        # strict: an opening quote never closed (or text after a closing one) is an error, not a
+        # field that runs on over every line after it
+        raise ManifestError(f"{source} line {reader.line_num}: not valid CSV ({exc}); "
+                            'quote a key holding a comma or a quote as "c,d.wav" (a quote doubled: "")') from None
 
 
 def read_manifest(uri_or_path: str, client=None) -> Iterator[ListedObject]:

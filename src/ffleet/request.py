@@ -19,6 +19,10 @@ DEFAULT_FILES_PER_JOB = 1000
 DEFAULT_TIMEOUT_SECONDS_PER_FILE = 600
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+# Step Functions' limit on an execution's input, which carries the request: a larger request could
+# never run in the cloud, and refusing it bounds what validation has to read.
+MAX_REQUEST_BYTES = 256 * 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EXTENSION_PATTERN = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9._-]{0,15}$")
 
 
@@ -51,6 +55,28 @@ class _Model(BaseModel):
         return data
 
 
+def _not_empty(value: Any) -> Any:
+    """An empty path, bucket or manifest is a mistake, not "unset" (it failed later as s3://None/)."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty (leave the field out, or use null, for unset)")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+def _key_part(value: str) -> str:
+    """output.s3_prefix / s3_suffix: no '.' or '..' path segments and no control characters.
+
+    They would make output keys that S3 tools normalise differently, or that leave (or alias) the
+    output folder; each key is checked again when it is written (storage.key_problem).
+    """
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    if any(seg in (".", "..") for seg in value.split("/")[:-1]) or value.split("/")[-1] == "..":
+        raise ValueError("must not contain '.' or '..' path segments")
+    return value
+
+
 def _check_options(value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
@@ -69,6 +95,7 @@ class InputSpec(_Model):
     path: str | None = Field(None, description="A local folder of inputs, instead of s3_bucket/s3_prefix.")
 
     _opts = field_validator("file_options")(classmethod(lambda cls, v: _check_options(v)))
+    _set = field_validator("s3_bucket", "manifest", "path", mode="before")(classmethod(lambda cls, v: _not_empty(v)))
 
     @field_validator("s3_prefix", mode="before")
     @classmethod
@@ -109,18 +136,24 @@ class OutputSpec(_Model):
     path: str | None = Field(None, description="A local folder for the outputs, instead of s3_bucket.")
 
     _opts = field_validator("file_options")(classmethod(lambda cls, v: _check_options(v)))
+    _set = field_validator("s3_bucket", "path", mode="before")(classmethod(lambda cls, v: _not_empty(v)))
 
     @field_validator("s3_prefix", "s3_suffix", mode="before")
     @classmethod
     def _empty(cls, v: Any) -> Any:
         return "" if v is None else v
 
+    @field_validator("s3_prefix")
+    @classmethod
+    def _out_prefix(cls, v: str) -> str:
+        return _key_part(v)
+
     @field_validator("s3_suffix")
     @classmethod
     def _suffix(cls, v: str) -> str:
         if "/" in v:
             raise ValueError("must not contain '/'")
-        return v
+        return _key_part(v)
 
     @field_validator("extension")
     @classmethod
@@ -156,6 +189,8 @@ class ResultsSpec(_Model):
     s3_bucket: str | None = None
     s3_prefix: str | None = None
     path: str | None = None
+
+    _set = field_validator("s3_bucket", "path", mode="before")(classmethod(lambda cls, v: _not_empty(v)))
 
 
 class ProcessingSpec(_Model):
@@ -350,20 +385,45 @@ def parse_request(data: Any) -> JobRequest:
         raise RequestError(problems) from None
 
 
-def parse_request_text(text: str | bytes, source: str = "request") -> JobRequest:
+def decode_json(text: str | bytes, source: str) -> Any:
+    """json.loads that fails only with RequestError: also on nesting too deep for the parser
+    (RecursionError) and on integers too long to convert (ValueError over 4,300 digits)."""
     try:
-        data = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
-        raise RequestError([("(request)", f"{source} is not valid JSON{where}: {exc.msg if hasattr(exc, 'msg') else exc}")]) from None
-    return parse_request(data)
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError([("(request)", f"{source} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}")]) from None
+    except UnicodeDecodeError as exc:
+        raise RequestError([("(request)", f"{source} is not valid JSON: {exc}")]) from None
+    except RecursionError:
+        raise RequestError([("(request)", f"{source} is nested too deeply to be a job request")]) from None
+    except ValueError as exc:  # int() refuses numbers of more than 4,300 digits
+        raise RequestError([("(request)", f"{source} cannot be read: {str(exc).split(';')[0]}")]) from None
+
+
+def request_too_large(size: int, source: str) -> RequestError:
+    return RequestError([("(request)", f"{source} is {size:,} bytes; a request may be at most {MAX_REQUEST_BYTES:,} "
+                                       "bytes (256 KiB, the Step Functions input limit)")])
+
+
+def parse_request_text(text: str | bytes, source: str = "request") -> JobRequest:
+    size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
+    if size > MAX_REQUEST_BYTES:
+        raise request_too_large(size, source)
+    data = decode_json(text, source)
+    try:
+        return parse_request(data)
+    except RecursionError:  # deep nesting that json accepted but validation cannot walk
+        raise RequestError([("(request)", f"{source} is nested too deeply to be a job request")]) from None
 
 
 def load_request(path: str | Path) -> JobRequest:
     p = Path(path)
     try:
-        text = p.read_bytes()
+        with open(p, "rb") as f:
+            text = f.read(MAX_REQUEST_BYTES + 1)  # never read a huge (or endless: /dev/zero) file whole
     except OSError as exc:
         raise RequestError([("(request)", f"cannot read {p}: {exc.strerror}")]) from None
+    if len(text) > MAX_REQUEST_BYTES:
+        raise request_too_large(p.stat().st_size if p.is_file() else len(text), str(p))
     return parse_request_text(text, source=str(p))
 

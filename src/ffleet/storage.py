@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Iterator, Protocol
 from urllib.parse import urlparse
 
+from ffleet.keys import local_key_problem, s3_key_problem
+
 
 CHUNK = 1 << 16  # bytes per read when an object is streamed
 
@@ -21,6 +23,10 @@ class StorageError(RuntimeError):
 
 class NotFound(StorageError):
     pass
+
+
+class InvalidKey(StorageError):
+    """A key that cannot name one distinct file or object in this storage. The key, not the storage, is the problem."""
 
 
 class Forbidden(StorageError):
@@ -35,6 +41,7 @@ class ListedObject:
 
 class Storage(Protocol):
     def uri(self, key: str) -> str: ...
+    def key_problem(self, key: str) -> str | None: ...
     def list(self, prefix: str = "") -> Iterator[ListedObject]: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
@@ -55,11 +62,20 @@ class LocalStorage:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
+    def key_problem(self, key: str) -> str | None:
+        return local_key_problem(key)
+
     def _path(self, key: str) -> Path:
-        p = (self.root / key).resolve()
+        problem = local_key_problem(key)
+        if problem:
+            raise InvalidKey(f"key {key!r} {problem}")
+        try:
+            p = (self.root / key).resolve()
+        except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError on a symlink loop
+            raise NotFound(f"{self.uri(key)} names no file (a symlink loop: {exc})") from None
         root = self.root.resolve()
-        if p != root and root not in p.parents:
-            raise StorageError(f"key {key!r} escapes {self.root}")
+        if root not in p.parents:
+            raise InvalidKey(f"key {key!r} resolves outside {self.root} (through a symlink)")
         return p
 
     def uri(self, key: str) -> str:
@@ -76,6 +92,10 @@ class LocalStorage:
             return path, path.stat().st_size
         except FileNotFoundError:  # vanished since it was listed
             raise NotFound(f"{self.uri(key)} does not exist") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise NotFound(f"{self.uri(key)} names no file (a symlink loop)") from None
+            raise StorageError(f"cannot read {self.uri(key)}: {exc.strerror}") from None
 
     def list(self, prefix: str = "") -> Iterator[ListedObject]:
         if not self.root.is_dir():
@@ -90,9 +110,14 @@ class LocalStorage:
                 key = full.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
                     try:
-                        yield ListedObject(key, full.stat().st_size)
-                    except FileNotFoundError:
+                        size = full.stat().st_size
+                    except FileNotFoundError:  # vanished, or a dangling symlink: nothing to process
                         continue
+                    except OSError:
+                        # a symlink loop (ELOOP) aborted the whole run with a traceback: list it, and
+                        # its processing fails it alone with the reason (not_found: it names no file)
+                        size = None
+                    yield ListedObject(key, size)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -117,7 +142,8 @@ class LocalStorage:
 
     def store(self, src: Path, key: str, content_type: str | None = None) -> None:
         dest = self._path(key)
-        tmp = dest.with_name(f"{_TMP_MARK}{uuid.uuid4().hex}-{dest.name}")
+        # the temp name must fit where dest's does: dest's own name may already be 255 bytes long
+        tmp = dest.with_name(f"{_TMP_MARK}{uuid.uuid4().hex}")
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -190,6 +216,9 @@ class S3Storage:
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
+
+    def key_problem(self, key: str) -> str | None:
+        return s3_key_problem(key)
 
     def _error(self, exc: Exception, what: str, key: str) -> StorageError:
         from botocore.exceptions import ClientError

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
-from ffleet.request import JobRequest, RequestError, parse_request_text
+from ffleet.request import MAX_REQUEST_BYTES, JobRequest, RequestError, parse_request_text, request_too_large
 from ffleet.storage import split_s3_uri
 
 REJECTED_SUFFIX = ".rejected.json"
@@ -156,8 +156,12 @@ def handle_s3_event(event: dict[str, Any], *, s3, sfn, state_machine_arn: str, r
         get = {"Bucket": bucket, "Key": key}
         if rec["version"]:
             get["VersionId"] = rec["version"]
-        body = s3.get_object(**get)["Body"].read()
+        obj = s3.get_object(**get)
+        # read no more than a request may hold: a huge object must not exhaust the Lambda's memory
+        body = obj["Body"].read(MAX_REQUEST_BYTES + 1)
         try:
+            if len(body) > MAX_REQUEST_BYTES:
+                raise request_too_large(int(obj.get("ContentLength") or len(body)), uri)
             request = parse_request_text(body, source=uri)
             check_cloud_request(request)
         except RequestError as exc:

@@ -26,7 +26,7 @@ from ffleet.request import JobRequest
 from ffleet import sandbox
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
 from ffleet.sandbox import HELPER_EXIT, Confinement, SandboxStatus
-from ffleet.storage import ListedObject, NotFound, Storage, StorageError, input_storage, output_storage
+from ffleet.storage import InvalidKey, ListedObject, NotFound, Storage, StorageError, input_storage, output_storage
 
 # Messages FFmpeg prints when the input itself is unreadable (rather than the options being wrong).
 _CORRUPT_PATTERNS = re.compile(
@@ -204,7 +204,7 @@ def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
         _process(ctx, item, out_key, slot, result)
     except StorageError as exc:
         result.status = FAILED
-        result.reason = "not_found" if isinstance(exc, NotFound) else "storage_error"
+        result.reason = "not_found" if isinstance(exc, NotFound) else "invalid_key" if isinstance(exc, InvalidKey) else "storage_error"
         result.detail = str(exc)
     except OSError as exc:
         result.status, result.reason = FAILED, "storage_error"
@@ -222,13 +222,18 @@ def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
 
 def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, result: ItemResult) -> None:
     req = ctx.request
+    # 0. Keys that cannot name one distinct file (or object) where they are read or written.
+    for role, store, key in (("input", ctx.input_store, item.key), ("output", ctx.output_store, out_key)):
+        problem = store.key_problem(key)
+        if problem:
+            raise InvalidKey(f"{role} key {key!r} {problem}")
     # 1. Skip before any work: re-runs of a 3-million-file job must cost a HEAD per finished file.
     if not req.output.overwrite and ctx.output_store.exists(out_key):
         result.status = SKIPPED
         result.reason = None
         return
     # 2. Fetch: an S3 object is staged on disk, a folder's file is read in place (Storage.readable_path).
-    staging = slot / ("input" + os.path.splitext(item.key)[1][:12])
+    staging = slot / ("input" + _temp_suffix(item.key))
     src, result.bytes_in = ctx.input_store.readable_path(item.key, staging)
     if result.bytes_in == 0:
         result.reason, result.detail = "empty_input", "the input object is 0 bytes"
@@ -296,6 +301,10 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     out_probe, pr = probe(dst, ctx.binaries, registry=ctx.registry)
     result.cpu_seconds += pr.cpu_seconds
     problem = _verify_output(ctx, out_probe, result)
+    if problem and not out_probe:
+        unsupported = _NOT_ON_WHITELIST.search(pr.stderr)
+        if unsupported:  # e.g. playlist bytes: read as such, they would name another file
+            problem += f" (it reads as {unsupported.group(1)}, a format ffleet does not read; see INPUT_FORMATS)"
     if problem:
         result.reason, result.detail = "invalid_output", problem
         return

@@ -1,0 +1,119 @@
+"""Fault: hostile file names and keys. Symlink loops in an input folder, S3 keys that are not one
+distinct path ('.', 'a/..', 'a/./b.wav', 'a//b.wav', '/abs'), keys with NUL, lone surrogates,
+newlines or 300-byte names. Each such entry must end with its own record and reason; the run goes
+on, nothing is written outside the output folder, and the output folder stays a folder."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, write_json
+
+ALL_FAIL_OK = {"tolerated_failure_percent": 100}
+
+
+def _records(results: Path) -> dict[str, dict]:
+    (run,) = [p for p in results.iterdir() if p.is_dir()]
+    return {r["key"]: r for r in map(json.loads, (run / "records.jsonl").read_text().splitlines())}
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def test_a_symlink_loop_in_the_input_folder_fails_alone_and_the_run_goes_on(tmp_path, tone_cache):
+    """It aborted the whole run with a traceback (the listing's stat() raised ELOOP)."""
+    inp = tmp_path / "in"
+    (inp / "sub").mkdir(parents=True)
+    shutil.copy(tone_cache(".wav", 1.0), inp / "good.wav")
+    os.symlink("loop.wav", inp / "loop.wav")  # points at itself
+    os.symlink("b.wav", inp / "sub" / "a.wav")  # a two-link loop
+    os.symlink("a.wav", inp / "sub" / "b.wav")
+    os.symlink(".", inp / "sub" / "here")  # a folder loop: not descended into
+    req = write_json(tmp_path / "job.json", {"name": "loops", "input": {"path": str(inp)},
+                                             "output": {"path": str(tmp_path / "out"), "extension": ".flac"},
+                                             "processing": ALL_FAIL_OK})
+    p = run_cli("run", str(req), "--json", "--no-progress")
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    recs = _records(tmp_path / "out.ffleet-results")
+    assert recs["good.wav"]["status"] == "succeeded"
+    for key in ("loop.wav", "sub/a.wav", "sub/b.wav"):
+        assert recs[key]["status"] == "failed" and recs[key]["reason"] == "not_found", recs[key]
+        assert "symlink loop" in recs[key]["detail"]
+    assert _files_under(tmp_path / "out") == ["good.flac"]
+
+
+HOSTILE_S3_KEYS = [".", "..", "a/..", "sub/..", "a/./b.wav", "a//b.wav", "/abs.wav", "a/b.wav/", "sub/../../x.wav"]
+
+
+def test_s3_keys_that_are_not_one_distinct_path_fail_as_invalid_key_with_a_local_output(
+        tmp_path, s3_endpoint, tone_cache):
+    """'.', 'a/..' and 'sub/..' turned the output folder into a file; 'a/./b.wav' and 'a//b.wav'
+    wrote the same file as 'a/b.wav' and all three "succeeded". Only 'a/b.wav' may."""
+    s3 = s3_endpoint
+    s3.create_bucket(Bucket="hostile-in")
+    tone = tone_cache(".wav", 1.0).read_bytes()
+    for key in ["a/b.wav", *HOSTILE_S3_KEYS]:
+        s3.put_object(Bucket="hostile-in", Key=key, Body=tone)
+    out = tmp_path / "deep" / "out"
+    req = write_json(tmp_path / "job.json", {"name": "keys", "input": {"s3_bucket": "hostile-in"},
+                                             "output": {"path": str(out)}, "processing": ALL_FAIL_OK})
+    p = run_cli("run", str(req), "--json", "--no-progress", env={"AWS_ENDPOINT_URL": s3_endpoint.meta.endpoint_url})
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    recs = _records(tmp_path / "deep" / "out.ffleet-results")
+    assert recs["a/b.wav"]["status"] == "succeeded", recs["a/b.wav"]
+    # 'a/b.wav/' is a folder marker and is not an input at all
+    for key in set(HOSTILE_S3_KEYS) - {"a/b.wav/"}:
+        assert recs[key]["status"] == "failed" and recs[key]["reason"] == "invalid_key", recs[key]
+    assert out.is_dir() and _files_under(out) == ["a/b.wav"]
+    assert _files_under(tmp_path / "deep") == sorted(
+        ["out/a/b.wav", *(f"out.ffleet-results/{f}" for f in _files_under(tmp_path / "deep" / "out.ffleet-results"))])
+    assert not (tmp_path / "x.wav").exists() and not (tmp_path / "abs.wav").exists()
+
+
+def test_manifest_keys_with_nul_surrogates_or_overlong_names_fail_alone(tmp_path, tone_cache):
+    """From a JSON Lines manifest any string can be a key. NUL used to fail as internal_error
+    (ValueError from the file system), a 300-byte name as storage_error (which counts as an
+    infrastructure fault). A lone surrogate can be no S3 key and no record: the manifest is refused
+    naming its line (it crashed the run while writing the record)."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(tone_cache(".wav", 1.0), inp / "good.wav")
+    bad = ["a\x00b.wav", "n" * 300 + ".wav", "../in/good.wav", "./good.wav"]
+    manifest = tmp_path / "keys.jsonl"
+    manifest.write_text("".join(json.dumps({"key": k}) + "\n" for k in ["good.wav", *bad]))
+    req = write_json(tmp_path / "job.json", {"name": "m", "input": {"path": str(inp), "manifest": str(manifest)},
+                                             "output": {"path": str(tmp_path / "out"), "extension": ".flac"},
+                                             "processing": ALL_FAIL_OK})
+    p = run_cli("run", str(req), "--json", "--no-progress")
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    recs = _records(tmp_path / "out.ffleet-results")
+    assert recs["good.wav"]["status"] == "succeeded"
+    for key in bad:
+        assert recs[key]["reason"] == "invalid_key", recs[key]
+    assert _files_under(tmp_path / "out") == ["good.flac"]
+
+    manifest.write_text(manifest.read_text() + json.dumps({"key": "\ud800.wav"}) + "\n")
+    p = run_cli("run", str(req), "--json", "--no-progress")
+    assert p.returncode == 2 and "Traceback" not in p.stderr and f"{manifest} line {len(bad) + 2}" in p.stderr, p.stderr
+
+
+def test_unicode_and_newline_names_are_ordinary_files(tmp_path, tone_cache):
+    """Distinct, valid names (a newline, NFC and NFD forms of one word, a 250-byte name) convert one
+    to one; the records stay one JSON object per line."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    names = ["new\nline.wav", "caf\u00e9.wav", "cafe\u0301.wav", "\u00e9" * 123 + ".wav", "-i.wav", "a:b.wav"]
+    for name in names:
+        shutil.copy(tone_cache(".wav", 1.0), inp / name)
+    req = write_json(tmp_path / "job.json", {"name": "u", "input": {"path": str(inp)},
+                                             "output": {"path": str(tmp_path / "out"), "extension": ".flac"}})
+    p = run_cli("run", str(req), "--json", "--no-progress")
+    assert p.returncode == 0, p.stderr
+    recs = _records(tmp_path / "out.ffleet-results")
+    assert {k: r["status"] for k, r in recs.items()} == {n: "succeeded" for n in names}
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(n[:-4] + ".flac" for n in names)
