@@ -77,6 +77,7 @@ def test_doctor_names_the_encoder_a_request_needs_and_this_ffmpeg_lacks(tmp_path
     code, report = _doctor_json(_request(tmp_path, "-c:a aac -b:a 96k"))
     assert code == 0, report["problems"]
     assert report["request"]["encoders"] == {"aac": "-c:a"} and report["request"]["missing_encoders"] == []
+    assert report["request"]["uses_s3"] is False
 
 
 def test_doctor_names_a_missing_filter_and_the_implied_encoder(tmp_path):
@@ -89,6 +90,19 @@ def test_doctor_names_a_missing_filter_and_the_implied_encoder(tmp_path):
     assert report["request"]["missing_filters"] == ["nosuchfilter"]
     assert report["request"]["encoders"] == {"libmp3lame": "output.extension .mp3"}
     assert any("filter nosuchfilter (from -af)" in p for p in report["problems"])
+    assert report["request"]["uses_s3"] is False
+
+
+def test_doctor_warns_that_a_request_on_s3_needs_credentials(tmp_path):
+    job = write_json(tmp_path / "s3.json", {"name": "s3", "input": {"s3_bucket": "in"},
+                                            "output": {"s3_bucket": "out", "extension": ".flac"}})
+    env = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+           "AWS_CONFIG_FILE": str(tmp_path / "none")}
+
+    code, report = _doctor_json(str(job), env=env)
+
+    assert code == 0 and report["request"]["uses_s3"] is True and report["s3"]["credentials"] == "not found"
+    assert any("reads or writes S3: without credentials its run will fail" in w for w in report["warnings"])
 
 
 def test_doctor_rejects_an_invalid_request_naming_the_field(tmp_path):
@@ -190,6 +204,21 @@ def test_doctor_reports_the_sandbox_module_when_there_is_one(monkeypatch):
     assert d.sections["sandbox"] == {"status": "available", **_FakeStatus().to_dict()}
     assert f"sandbox: {_FakeStatus.problems[0]}" in d.warnings
     assert "sandbox  available (Landlock ABI 4, seccomp yes)" in doctor.format_diagnosis(d)
+
+
+def test_doctor_reports_a_sandbox_probe_that_fails(monkeypatch):
+    fake = types.ModuleType("ffleet.sandbox")
+
+    def broken():
+        raise OSError(38, "Function not implemented")
+
+    fake.sandbox_status = broken
+    monkeypatch.setitem(sys.modules, "ffleet.sandbox", fake)
+
+    d = doctor.diagnose()
+
+    assert d.sections["sandbox"]["status"] == "unknown" and "Function not implemented" in d.sections["sandbox"]["detail"]
+    assert any(w.startswith("sandbox: cannot tell") for w in d.warnings)
 
 
 def test_doctor_says_unknown_without_a_sandbox_module(monkeypatch):

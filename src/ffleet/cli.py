@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
         return run_doctor(args)
 
-    p = sub.add_parser("doctor", help="what ffleet finds here (FFmpeg, sandbox, CPUs, S3) and whether a run could start")
+    p = sub.add_parser("doctor", help="what ffleet finds here (FFmpeg, sandbox, CPUs, S3) and whether a run could start",
+                       description="Exit 0 when a run could start here, 1 with the reasons.")
     p.add_argument("request", nargs="?", help="also check that this FFmpeg has the encoders and filters the request uses")
     p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
     p.set_defaults(func=cmd_doctor)

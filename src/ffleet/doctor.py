@@ -113,6 +113,7 @@ def build_components(ffmpeg: str, kind: str) -> frozenset[str]:
 
 def request_needs(request) -> tuple[dict[str, str], dict[str, str]]:
     """The encoders and filters a request's FFmpeg runs use: {name: where it comes from}."""
+    # the worker's own tables and splitter, so doctor checks what a run would use, not a copy of it
     from ffleet.audio_quality import _DEFAULT_ENCODERS, analysis_filter_parts, measuring
     from ffleet.policy import _split_top, option_pairs
 
@@ -162,7 +163,9 @@ def _request_section(path: str, ffmpeg: str | None, d: Diagnosis) -> None:
         d.problems.append(f"request {path}: input.path {request.input.path} is not a folder")
     encoders, filters = request_needs(request)
     section["encoders"], section["filters"] = encoders, filters
-    section["uses_s3"] = not (request.input.path and request.output.path)
+    section["uses_s3"] = bool(request.input.s3_bucket or request.output.s3_bucket
+                              or (request.input.manifest or "").startswith("s3://")
+                              or "s3_bucket" in request.results_location())
     if ffmpeg is None:
         return  # the missing FFmpeg is already the problem
     for kind, wanted in (("encoders", encoders), ("filters", filters)):
@@ -186,7 +189,12 @@ def _sandbox_section(d: Diagnosis) -> None:
             raise
         d.sections["sandbox"] = {"status": "unknown", "detail": "this ffleet has no sandbox module"}
         return
-    status = sandbox_status()
+    try:
+        status = sandbox_status()
+    except Exception as exc:  # doctor reports what it finds; a failing probe is a finding too
+        d.sections["sandbox"] = {"status": "unknown", "detail": f"sandbox_status() failed: {exc!r}"}
+        d.warnings.append(f"sandbox: cannot tell what this kernel supports: {exc!r}")
+        return
     d.sections["sandbox"] = {"status": "available" if status.available else "unavailable", **status.to_dict()}
     d.warnings += [f"sandbox: {p}" for p in status.problems]
 
