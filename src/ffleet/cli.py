@@ -210,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("request", help="path of the job request (JSON)")
     p.add_argument("--stack", required=True, help="name of the deployed ffleet stack (sam deploy's stack_name)")
     p.set_defaults(func=cmd_submit)
+
+    def cmd_doctor(args: argparse.Namespace) -> int:  # imported on use, as above
+        from ffleet.doctor import cmd_doctor as run_doctor
+
+        return run_doctor(args)
+
+    p = sub.add_parser("doctor", help="what ffleet finds here (FFmpeg, sandbox, CPUs, S3) and whether a run could start",
+                       description="Exit 0 when a run could start here, 1 with the reasons.")
+    p.add_argument("request", nargs="?", help="also check that this FFmpeg has the encoders and filters the request uses")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 
