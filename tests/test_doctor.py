@@ -185,56 +185,52 @@ def test_build_license_from_the_configure_flags(configuration, expected):
     assert doctor.build_license(configuration) == expected
 
 
-class _FakeStatus:
-    available, landlock_abi, seccomp = True, 4, True
-    problems = ["Landlock ABI 4: no network rules (needs ABI 4 for TCP, here ok) -- stand-in"]
+def _status(**kw):
+    from ffleet.sandbox import SandboxStatus
 
-    def to_dict(self):
-        return {"available": self.available, "landlock_abi": self.landlock_abi, "seccomp": self.seccomp,
-                "problems": self.problems}
+    return SandboxStatus(**{"helper": "/x/ffleet-sandbox", "landlock_abi": 4, "landlock": True, "seccomp": True, **kw})
 
 
-def test_doctor_reports_the_sandbox_module_when_there_is_one(monkeypatch):
-    fake = types.ModuleType("ffleet.sandbox")
-    fake.sandbox_status = _FakeStatus
-    monkeypatch.setitem(sys.modules, "ffleet.sandbox", fake)
+def test_doctor_reports_the_sandbox(monkeypatch):
+    from ffleet import sandbox
 
+    monkeypatch.setattr(sandbox, "sandbox_status", lambda: _status())
     d = doctor.diagnose()
-
-    assert d.sections["sandbox"] == {"status": "available", **_FakeStatus().to_dict()}
-    assert f"sandbox: {_FakeStatus.problems[0]}" in d.warnings
+    assert d.sections["sandbox"]["status"] == "available" and d.sections["sandbox"]["landlock_abi"] == 4
     assert "sandbox  available (Landlock ABI 4, seccomp yes)" in doctor.format_diagnosis(d)
+    assert d.ready
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_an_incomplete_sandbox_is_a_problem_only_where_a_run_requires_it(required, monkeypatch):
+    from ffleet import sandbox
+
+    monkeypatch.setattr(sandbox, "sandbox_status", lambda: _status(landlock=False, landlock_abi=0, problems=["no Landlock here"]))
+    monkeypatch.setenv("FFLEET_REQUIRE_SANDBOX", "1" if required else "0")
+    d = doctor.diagnose()
+    assert d.sections["sandbox"]["status"] == "unavailable"
+    assert d.ready is (not required)
+    assert any("no Landlock here" in line for line in (d.problems if required else d.warnings))
 
 
 def test_doctor_reports_a_sandbox_probe_that_fails(monkeypatch):
-    fake = types.ModuleType("ffleet.sandbox")
+    from ffleet import sandbox
 
     def broken():
         raise OSError(38, "Function not implemented")
 
-    fake.sandbox_status = broken
-    monkeypatch.setitem(sys.modules, "ffleet.sandbox", fake)
-
+    monkeypatch.setattr(sandbox, "sandbox_status", broken)
+    monkeypatch.delenv("FFLEET_REQUIRE_SANDBOX", raising=False)
     d = doctor.diagnose()
-
     assert d.sections["sandbox"]["status"] == "unknown" and "Function not implemented" in d.sections["sandbox"]["detail"]
     assert any(w.startswith("sandbox: cannot tell") for w in d.warnings)
-
-
-def test_doctor_says_unknown_without_a_sandbox_module(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ffleet.sandbox", None)  # import fails as if the module did not exist
-
-    d = doctor.diagnose()
-
-    assert d.sections["sandbox"] == {"status": "unknown", "detail": "this ffleet has no sandbox module"}
-    assert "sandbox  unknown (this ffleet has no sandbox module)" in doctor.format_diagnosis(d)
     assert d.ready
 
 
 def test_doctor_counts_cpus_as_the_worker_does_with_a_cgroup_quota(monkeypatch):
-    import ffleet.worker
+    import ffleet.cpus
 
-    monkeypatch.setattr(ffleet.worker, "cgroup_cpu_limit", lambda root=None: 1)
+    monkeypatch.setattr(ffleet.cpus, "cgroup_cpu_limit", lambda root=None: 1)
 
     d = doctor.diagnose()
 

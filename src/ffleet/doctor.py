@@ -115,7 +115,7 @@ def request_needs(request) -> tuple[dict[str, str], dict[str, str]]:
     """The encoders and filters a request's FFmpeg runs use: {name: where it comes from}."""
     # the worker's own tables and splitter, so doctor checks what a run would use, not a copy of it
     from ffleet.audio_quality import _DEFAULT_ENCODERS, analysis_filter_parts, measuring
-    from ffleet.policy import _split_top, option_pairs
+    from ffleet.policy import filter_names, option_pairs
 
     tokens = request.option_tokens()
     encoders: dict[str, str] = {}
@@ -130,10 +130,8 @@ def request_needs(request) -> tuple[dict[str, str], dict[str, str]]:
                 if value != "copy":
                     encoders.setdefault(value, flag)
             elif _FILTER_OPTION.match(flag):
-                for spec in _split_top(value, ",;"):
-                    name = re.sub(r"\[[^\]]*\]", "", spec).strip().partition("=")[0].split("@", 1)[0].strip()
-                    if name:
-                        filters.setdefault(name, flag)
+                for name in filter_names(value):
+                    filters.setdefault(name, flag)
             elif flag == "-f" and group == "output":
                 muxer = value
     extension = request.output.extension
@@ -159,6 +157,7 @@ def _request_section(path: str, ffmpeg: str | None, d: Diagnosis) -> None:
         d.problems += [f"request {path}: {field_}: {message}" for field_, message in exc.problems]
         return
     section["valid"] = True
+    section["require_sandbox"] = request.processing.require_sandbox
     if request.input.path and not Path(request.input.path).is_dir():
         d.problems.append(f"request {path}: input.path {request.input.path} is not a folder")
     encoders, filters = request_needs(request)
@@ -181,32 +180,41 @@ def _request_section(path: str, ffmpeg: str | None, d: Diagnosis) -> None:
                               f"({ffmpeg}); `ffmpeg -hide_banner -{kind}` lists what it has")
 
 
-def _sandbox_section(d: Diagnosis) -> None:
+def _sandbox_required(request_section: dict[str, Any]) -> bool:
+    """Whether a run would require the sandbox: the request says so, else the environment's default."""
+    from ffleet import sandbox
+
+    said = request_section.get("require_sandbox")
+    return sandbox.required_by_default() if said is None else bool(said)
+
+
+def _sandbox_section(d: Diagnosis, required: bool) -> None:
+    """What the kernel sandbox enforces here; incomplete is a problem where a run would require it."""
+    from ffleet import sandbox
+
     try:
-        from ffleet.sandbox import sandbox_status
-    except ModuleNotFoundError as exc:
-        if exc.name != "ffleet.sandbox":
-            raise
-        d.sections["sandbox"] = {"status": "unknown", "detail": "this ffleet has no sandbox module"}
-        return
-    try:
-        status = sandbox_status()
+        status = sandbox.sandbox_status()
     except Exception as exc:  # doctor reports what it finds; a failing probe is a finding too
         d.sections["sandbox"] = {"status": "unknown", "detail": f"sandbox_status() failed: {exc!r}"}
-        d.warnings.append(f"sandbox: cannot tell what this kernel supports: {exc!r}")
+        (d.problems if required else d.warnings).append(f"sandbox: cannot tell what this kernel supports: {exc!r}")
         return
-    d.sections["sandbox"] = {"status": "available" if status.available else "unavailable", **status.to_dict()}
-    d.warnings += [f"sandbox: {p}" for p in status.problems]
+    d.sections["sandbox"] = {"status": "available" if status.available else "unavailable", "required": required,
+                             **status.to_dict()}
+    if required and not status.available:
+        d.problems += [f"sandbox (required: processing.require_sandbox or FFLEET_REQUIRE_SANDBOX=1): {p}"
+                       for p in status.problems]
+    else:
+        d.warnings += [f"sandbox: {p}" for p in status.problems]
 
 
 def _cpu_section(d: Diagnosis) -> None:
-    from ffleet.worker import cgroup_cpu_limit, default_workers
+    from ffleet.cpus import cgroup_cpu_limit, usable_cpus
 
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count() or 1
-    d.sections["cpus"] = {"workers": default_workers(), "usable": usable, "cgroup_quota": cgroup_cpu_limit()}
+    d.sections["cpus"] = {"workers": usable_cpus(), "usable": usable, "cgroup_quota": cgroup_cpu_limit()}
     if os.environ.get("FFLEET_WORKERS"):
         d.sections["cpus"]["FFLEET_WORKERS"] = os.environ["FFLEET_WORKERS"]
 
@@ -268,7 +276,7 @@ def diagnose(request_path: str | None = None) -> Diagnosis:
             ffmpeg = binaries.ffmpeg
     if request_path:
         _request_section(request_path, ffmpeg, d)
-    _sandbox_section(d)
+    _sandbox_section(d, _sandbox_required(d.sections.get("request", {})))
     _cpu_section(d)
     _s3_section(d)
     uses_s3 = d.sections.get("request", {}).get("uses_s3")

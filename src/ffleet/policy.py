@@ -345,6 +345,13 @@ def parse_options(text: str) -> list[str]:
     return tokens
 
 
+def filter_names(graph: str) -> Iterator[str]:
+    """The name of each filter in a graph (without its @instance), as FFmpeg's parser reads it."""
+    for name, _ in _filter_specs(graph):
+        if name:
+            yield name.split("@", 1)[0].strip()
+
+
 def _filter_specs(graph: str) -> Iterator[tuple[str, str | None]]:
     """(filter name, its argument string or None) for each filter of a graph, parsed as FFmpeg's
     graph parser does: [labels] name[@id][=args] [labels], joined by ',' or ';'."""
