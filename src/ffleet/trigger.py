@@ -113,7 +113,7 @@ def execution_input(request: JobRequest, name: str, results_bucket: str, trigger
         "processing": {
             "files_per_job": p.files_per_job,
             "max_concurrency": p.max_concurrency,
-            # ToleratedFailurePercentagePath wants a number from 0 to 100
+            # informational: the summarizer judges the run by the request's own processing.tolerated_failure_percent
             "tolerated_failure_percent": p.tolerated_failure_percent,
         },
         # each Batch job's time limit, and how long the map child waits for it (ffleet.joblimits)

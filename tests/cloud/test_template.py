@@ -117,6 +117,12 @@ def test_sam_build_packages_the_shared_library(tmp_path):
     core = list((build / "DependenciesLayer" / "python" / "pydantic_core").glob("*.so"))
     assert core and all("313" in p.name and "aarch64" in p.name for p in core), core
     assert (build / "DependenciesLayer" / "python" / "aws_lambda_powertools").is_dir()
+    # boto3 and botocore ship together, at the pinned pair, so neither the runtime's boto3 nor its botocore is mixed in
+    deps = build / "DependenciesLayer" / "python"
+    for package, line in _requirements().items():
+        if package in ("boto3", "botocore"):
+            version = line.split("==")[1]
+            assert (deps / f"{package}-{version}.dist-info").is_dir(), sorted(p.name for p in deps.glob(f"{package}-*"))
 
 
 # ------------------------------------------------------------------ the ASL
