@@ -29,6 +29,10 @@ class InvalidKey(StorageError):
     """A key that cannot name one distinct file or object in this storage. The key, not the storage, is the problem."""
 
 
+class MissingBucket(StorageError):
+    """The bucket itself does not exist: no retry will help."""
+
+
 class Forbidden(StorageError):
     """S3 refused the request (AccessDenied). For a GetObject without s3:ListBucket, also what a missing key looks like."""
 
@@ -42,6 +46,7 @@ class ListedObject:
 class Storage(Protocol):
     def uri(self, key: str) -> str: ...
     def key_problem(self, key: str) -> str | None: ...
+    def check_writable(self, prefix: str = "") -> None: ...
     def list(self, prefix: str = "") -> Iterator[ListedObject]: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
@@ -64,6 +69,20 @@ class LocalStorage:
 
     def key_problem(self, key: str) -> str | None:
         return local_key_problem(key)
+
+    def check_writable(self, prefix: str = "") -> None:
+        """Raise StorageError unless a file can be written here (the folder is made if missing).
+
+        Checked before the first conversion: a folder that cannot be written was found only after
+        every file had been converted, and each then failed alone.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=_TMP_MARK, dir=self.root)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            raise StorageError(f"cannot write to the folder {self.root}: {exc.strerror or exc}") from None
 
     def _path(self, key: str) -> Path:
         problem = local_key_problem(key)
@@ -220,6 +239,23 @@ class S3Storage:
     def key_problem(self, key: str) -> str | None:
         return s3_key_problem(key)
 
+    def check_writable(self, prefix: str = "") -> None:
+        """Raise StorageError unless objects can be written under prefix: MissingBucket, Forbidden, or another.
+
+        A multipart upload is started and aborted: PutObject's permission (and KMS key) is
+        checked, and no object appears. The worker's role has s3:AbortMultipartUpload but no
+        s3:DeleteObject, so a test object could not be removed again.
+        """
+        key = f"{prefix}{_TMP_MARK}write-check-{uuid.uuid4().hex}"
+        try:
+            upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, "write to", prefix) from exc
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+        except Exception:  # noqa: BLE001 - an upload with no parts holds no data
+            pass
+
     def _error(self, exc: Exception, what: str, key: str) -> StorageError:
         from botocore.exceptions import ClientError
 
@@ -227,7 +263,7 @@ class S3Storage:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):
                 return NotFound(f"{self.uri(key)} does not exist")
-            kind = Forbidden if code in ("AccessDenied", "403") else StorageError
+            kind = Forbidden if code in ("AccessDenied", "403") else MissingBucket if code == "NoSuchBucket" else StorageError
             return kind(f"cannot {what} {self.uri(key)}: {code} {exc.response.get('Error', {}).get('Message', '')}".strip())
         return StorageError(f"cannot {what} {self.uri(key)}: {exc}")
 
@@ -335,6 +371,9 @@ def output_storage(request, client=None) -> Storage:
 def results_storage(request, client=None) -> tuple[Storage, str]:
     loc = request.results_location()
     if "path" in loc:
-        Path(loc["path"]).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(loc["path"]).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot make the results folder {loc['path']}: {exc.strerror or exc}") from None
         return LocalStorage(loc["path"]), ""
     return S3Storage(loc["s3_bucket"], client), loc["s3_prefix"]
