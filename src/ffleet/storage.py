@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Iterator, Protocol
 from urllib.parse import urlparse
 
-from ffleet.keys import local_key_problem, s3_key_problem
-
 
 CHUNK = 1 << 16  # bytes per read when an object is streamed
 
@@ -35,6 +33,60 @@ class MissingBucket(StorageError):
 
 class Forbidden(StorageError):
     """S3 refused the request (AccessDenied). For a GetObject without s3:ListBucket, also what a missing key looks like."""
+
+
+# Limits of the places a key must fit: an S3 key is at most 1,024 bytes of UTF-8; a file name
+# (one path segment) at most 255 bytes on Linux file systems, and a path at most 4,096.
+S3_MAX_KEY_BYTES = 1024
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4000  # of the key; the folder's own path takes the rest
+
+
+def _utf8(key: str) -> bytes | None:
+    try:
+        return key.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from a JSON manifest's "\ud800"
+        return None
+
+
+def s3_key_problem(key: str) -> str | None:
+    """Why key cannot name an S3 object, or None."""
+    data = _utf8(key)
+    if not key:
+        return "is empty"
+    if data is None:
+        return "is not valid UTF-8"
+    if len(data) > S3_MAX_KEY_BYTES:
+        return f"is {len(data):,} bytes long; S3 keys are at most {S3_MAX_KEY_BYTES:,}"
+    return None
+
+
+def local_key_problem(key: str) -> str | None:
+    """Why key cannot name one distinct file inside a folder, or None.
+
+    S3 keys are plain strings: '.', 'a/..', 'a/./b.wav', 'a//b.wav' and '/abs' are distinct objects
+    there, but as paths they name the folder itself, its parent, or the same file as another key
+    ('a/b.wav'). Written to a folder, '.' turned the output folder into a file and 'a/./b.wav' and
+    'a//b.wav' both "succeeded" into one file. Only keys whose '/'-separated segments are all
+    ordinary names map one-to-one onto files.
+    """
+    if not key:
+        return "is empty"
+    if "\x00" in key:
+        return "contains a NUL character, which no file name can hold"
+    data = _utf8(key)
+    if data is None:
+        return "is not valid UTF-8"
+    if key.startswith("/"):
+        return "is an absolute path"
+    segments = key.split("/")
+    if any(s in ("", ".", "..") for s in segments):
+        return "has an empty, '.' or '..' path segment, so as a path it is not one distinct file in the folder"
+    if any(len(s.encode("utf-8")) > NAME_MAX_BYTES for s in segments):
+        return f"has a path segment longer than {NAME_MAX_BYTES} bytes, the longest file name"
+    if len(data) > PATH_MAX_BYTES:
+        return f"is {len(data):,} bytes long, too long for a file path"
+    return None
 
 
 @dataclass(frozen=True)
