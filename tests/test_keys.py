@@ -101,5 +101,6 @@ def test_ordinary_keys_have_no_local_key_problem(key):
 def test_s3_key_limits():
     from ffleet.storage import s3_key_problem
 
-    assert s3_key_problem("a/./b") is None and s3_key_problem("é" * 512) is None
+    assert s3_key_problem("a//b") is None and s3_key_problem("é" * 512) is None and s3_key_problem("..a/b.") is None
     assert s3_key_problem("é" * 513) and s3_key_problem("") and s3_key_problem("\udc80")
+    assert s3_key_problem("out/../in/a.wav") and s3_key_problem("a/./b") and s3_key_problem(".")

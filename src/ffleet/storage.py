@@ -58,6 +58,10 @@ def s3_key_problem(key: str) -> str | None:
         return "is not valid UTF-8"
     if len(data) > S3_MAX_KEY_BYTES:
         return f"is {len(data):,} bytes long; S3 keys are at most {S3_MAX_KEY_BYTES:,}"
+    if any(s in (".", "..") for s in key.split("/")):
+        # S3 itself keeps them, but HTTP stacks, S3-compatible stores and sync tools resolve them,
+        # so the object read or written could be another one (even another input of the run)
+        return "has a '.' or '..' path segment, which S3-compatible stores and tools may resolve to another key"
     return None
 
 

@@ -34,6 +34,8 @@ def test_a_symlink_loop_in_the_input_folder_fails_alone_and_the_run_goes_on(tmp_
     os.symlink("b.wav", inp / "sub" / "a.wav")  # a two-link loop
     os.symlink("a.wav", inp / "sub" / "b.wav")
     os.symlink(".", inp / "sub" / "here")  # a folder loop: not descended into
+    (tmp_path / "secret.wav").write_bytes(tone_cache(".wav", 1.0).read_bytes())
+    os.symlink(tmp_path / "secret.wav", inp / "escape.wav")  # leads out of the input folder
     req = write_json(tmp_path / "job.json", {"name": "loops", "input": {"path": str(inp)},
                                              "output": {"path": str(tmp_path / "out"), "extension": ".flac"},
                                              "processing": ALL_FAIL_OK})
@@ -44,6 +46,7 @@ def test_a_symlink_loop_in_the_input_folder_fails_alone_and_the_run_goes_on(tmp_
     for key in ("loop.wav", "sub/a.wav", "sub/b.wav"):
         assert recs[key]["status"] == "failed" and recs[key]["reason"] == "not_found", recs[key]
         assert "symlink loop" in recs[key]["detail"]
+    assert recs["escape.wav"]["reason"] == "invalid_key" and "outside" in recs["escape.wav"]["detail"]
     assert _files_under(tmp_path / "out") == ["good.flac"]
 
 
