@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one batch of files as an AWS Batch job does. The batch comes from FFLEET_BATCH_URI "
         "(s3:// URI of the batch object) or FFLEET_BATCH_JSON (the object inline); FFLEET_WORKERS sets the "
         "FFmpeg processes at once (default: the job's vCPUs). Exit 0: every file ended; 1: storage fault; "
-        "2: invalid batch; 143: stopped by SIGTERM.",
+        "2: invalid batch, or an output bucket that is missing or refuses writes; 143: stopped by SIGTERM.",
     )
     p.set_defaults(func=cmd_worker)
 
