@@ -112,12 +112,19 @@ class RunOutcome:
 
 @contextmanager
 def stop_on_signals(ctx: WorkContext):
-    """SIGTERM/SIGINT stop the run cleanly: running FFmpegs are killed, the rest reported not_done."""
+    """SIGTERM/SIGINT stop the run cleanly: running FFmpegs are killed, the rest reported not_done.
+
+    A second SIGINT raises KeyboardInterrupt (the CLI exits 130): the clean stop still lists every
+    remaining input to report it, and a listing that blocks (a manifest on a stalled mount or pipe)
+    would otherwise ignore Ctrl-C for good.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):  # noqa: ARG001
+        if signum == signal.SIGINT and ctx.registry.stopping.is_set():
+            raise KeyboardInterrupt
         ctx.registry.stop_all()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}

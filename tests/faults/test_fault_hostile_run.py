@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,25 @@ def test_ctrl_c_while_listing_exits_130_without_a_traceback(tmp_path, one_tone):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and "interrupted" in err, err
     assert _work_dirs(tmp) == []
+
+
+def test_a_second_ctrl_c_ends_a_listing_that_blocks_inside_the_clean_stop(tmp_path, one_tone):
+    """With --no-progress the listing feeds the pool inside the clean-stop handler: a first Ctrl-C
+    asks for a clean stop, which a blocked listing never reaches; the second one ends the run."""
+    fifo = tmp_path / "keys.csv"
+    os.mkfifo(fifo)
+    req = write_json(tmp_path / "job.json", {"name": "listing", "input": {"path": str(one_tone), "manifest": str(fifo)},
+                                             "output": {"path": str(tmp_path / "out")}})
+    proc = start_cli("run", str(req), "--no-progress", tmpdir=tmp_path / "tmp")
+    wchan = Path(f"/proc/{proc.pid}/wchan")
+    wait_for(lambda: wchan.exists() and ("partner" in wchan.read_text() or "fifo" in wchan.read_text()), proc,
+             what="the listing to block on the manifest")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)  # two signals sent at once could be delivered as one (standard signals do not queue)
+    assert proc.poll() is None and ("partner" in wchan.read_text() or "fifo" in wchan.read_text())
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err, err
 
 
 @pytest.mark.parametrize("command", ["run", "validate"])
