@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -20,6 +21,18 @@ def _silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
+
+
+# Control characters other than newline and tab, C1 included: a file name holding ESC sequences
+# would otherwise drive the operator's terminal (retitle it, rewrite lines, OSC 52 clipboard writes).
+_TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str, is_json: bool = False) -> str:
+    """text with control characters shown as \\xNN for a human, or as \\u00NN in JSON (the same
+    string to a JSON reader: json.dumps escapes C0 controls itself, but not C1 ones)."""
+    escape = "\\u{:04x}" if is_json else "\\x{:02x}"
+    return _TERMINAL_CONTROLS.sub(lambda m: escape.format(ord(m.group())), text)
 
 
 def _print(text: str) -> None:
@@ -66,7 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (StorageError, ValueError) as exc:
         print(f"ffleet: cannot run {args.request}: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    _print(json.dumps(outcome.summary, indent=2, ensure_ascii=False) if args.json else format_summary(outcome.summary))
+    text = json.dumps(outcome.summary, indent=2, ensure_ascii=False) if args.json else format_summary(outcome.summary)
+    _print(terminal_safe(text, is_json=args.json))
     return outcome.exit_code
 
 

@@ -191,3 +191,24 @@ def test_the_batch_worker_never_replaces_an_input_of_its_batch(tmp_path, s3_endp
     assert all(recs[k]["reason"] == "output_collision" for k in ("a.flac", "b.wav", "b.flac")), recs
     for key in ("a.flac", "b.wav", "b.flac"):
         assert s3.get_object(Bucket="media-shared", Key=key)["Body"].read() == bodies[key], f"{key} was written over"
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_escape_sequences_in_a_name_never_reach_the_terminal(tmp_path, as_json):
+    """A failing file's key is printed in the summary: ESC and C1 sequences in it (retitle the
+    terminal, OSC 52 writes the clipboard) were printed raw. They appear escaped; --json still
+    parses to the same key."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    name = "x\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\x9b31m.wav"
+    (inp / name).write_bytes(b"not audio at all")
+    req = write_json(tmp_path / "job.json", {"name": "esc", "input": {"path": str(inp)},
+                                             "output": {"path": str(tmp_path / "out"), "extension": ".flac"},
+                                             "processing": ALL_FAIL_OK})
+    p = run_cli("run", str(req), "--no-progress", *(["--json"] if as_json else []))
+    assert p.returncode == 0, p.stderr
+    assert not any(ch in p.stdout for ch in "\x1b\x07\x9b"), repr(p.stdout)
+    if as_json:
+        assert json.loads(p.stdout)["failures"][0]["key"] == name
+    else:
+        assert "x\\x1b]52;c;" in p.stdout
