@@ -119,7 +119,7 @@ def test_the_next_run_removes_a_killed_runs_work_folder_and_keeps_its_unsaved_re
 
 def test_a_live_runs_work_folder_is_left_alone(tmp_path):
     tmp = tmp_path / "tmp"
-    live = start_cli("run", str(_slow_request(tmp_path, "live", 2, {"path": str(tmp_path / "live-results")})),
+    live = start_cli("run", str(_slow_request(tmp_path, "live", 6, {"path": str(tmp_path / "live-results")})),
                      "--no-progress", "--workers", "1", tmpdir=tmp)
     (wd,) = wait_for(lambda: [d for d in _work_dirs(tmp) if (d / "run.json").exists()], live, what="a work folder")
     p = run_cli("run", str(_slow_request(tmp_path, "other", 1, {"path": str(tmp_path / "other-results")})),
