@@ -31,6 +31,16 @@ def docker(*args: str, check: bool = True, timeout: float = 600) -> subprocess.C
     return proc
 
 
+def report(line: str) -> None:
+    """A figure for the log: printed, and kept for scripts/image-test to print after pytest (pytest
+    shows a passing test's output only with -s)."""
+    print(f"\nimage-test: {line}")
+    path = os.environ.get("FFLEET_IMAGE_TEST_REPORT")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"image-test: {line}\n")
+
+
 def image_size_mb(tag: str) -> float:
     return int(docker("image", "inspect", "-f", "{{.Size}}", tag).stdout) / 1e6
 

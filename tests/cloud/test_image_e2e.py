@@ -196,7 +196,6 @@ def test_docker_stop_mid_batch_records_not_done_and_a_rerun_completes(moto_s3, t
         logs = imagekit.docker("logs", name).stdout
     finally:
         imagekit.docker("rm", "-f", name, check=False)
-    print(f"\nimage-test: cpu image: {first_file:.2f} s from `docker run` to the first output in S3")
 
     assert exit_code == 143, logs[-2000:]
     records = [json.loads(line) for line in s3.get_object(Bucket=RESULTS, Key=records_key)["Body"].read().decode().splitlines()]
@@ -206,6 +205,9 @@ def test_docker_stop_mid_batch_records_not_done_and_a_rerun_completes(moto_s3, t
     assert sorted(r["key"] for r in records) == keys
     assert by_status.get("not_done"), records
     assert {r["reason"] for r in by_status["not_done"]} == {"interrupted"}
+    own = min((r["wall_seconds"] for r in by_status.get("succeeded", [])), default=float("nan"))
+    imagekit.report(f"cpu image: {first_file:.2f} s from `docker run` to the first output in S3 "
+                    f"(that file's own fetch, FFmpeg, verify and upload: {own:.2f} s)")
     # every output in S3 belongs to a succeeded record: a stopped job leaves no partial object
     assert sorted(_outputs(s3)) == sorted(r["output_key"] for r in by_status.get("succeeded", []))
 
@@ -233,7 +235,7 @@ def test_each_image_processes_the_corpus_like_ffleet_run(moto_s3, corpus, tmp_pa
                "processing": {"tolerated_failure_percent": TOLERANCE}}
     batch_uri, records_key = _batch(s3, [f"in/{k}" for k in corpus], request)
     proc = imagekit.run_worker(image, endpoint, batch_uri)
-    print(f"\nimage-test: {target} image {image}: {imagekit.image_size_mb(image):.0f} MB")
+    imagekit.report(f"{target} image {image}: {imagekit.image_size_mb(image):.0f} MB")
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary_line = [line for line in imagekit.log_lines(proc.stdout) if line.get("event") == "batch_summary"]
     assert summary_line and summary_line[0]["exit_code"] == 0

@@ -65,7 +65,7 @@ def built(tmp_path_factory) -> Path:
     proc = subprocess.run([_sam(), "build", "--template", str(work / "template.json"), "--build-dir", str(work / "build")],
                           capture_output=True, text=True, env=env, cwd=work, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    print(f"\nimage-test: sam build ({arch}): {time.monotonic() - started:.0f} s")
+    imagekit.report(f"sam build ({arch}): {time.monotonic() - started:.0f} s")
     return work / "build" / "template.yaml"
 
 
@@ -94,7 +94,7 @@ def _invoke(built: Path, function: str, event: dict, variables: dict, tmp_path: 
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_ENDPOINT_URL": variables["AWS_ENDPOINT_URL"]},
     )
-    print(f"\nimage-test: sam local invoke {function}: {time.monotonic() - started:.1f} s")
+    imagekit.report(f"sam local invoke {function}: {time.monotonic() - started:.1f} s")
     both = proc.stdout + proc.stderr
     assert proc.returncode == 0, both[-4000:]
     assert '"errorType"' not in both, both[-4000:]
