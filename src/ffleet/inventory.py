@@ -63,7 +63,7 @@ def parse_manifest(data: bytes, source: str) -> Iterator[ListedObject]:
     if column is None:
         # No recognised header: a bare list of keys, one per row, the first row included.
         column = 0
-        if header and header[0]:
+        if header and header[0].strip():
             yield ListedObject(header[0])
     for n, row in enumerate(reader, 2):
         if not row or not row[column].strip():
