@@ -164,3 +164,12 @@ def test_list_items_uses_the_given_client(no_real_s3):
     r = parse_request({"name": "t", "input": {"s3_bucket": "b", "manifest": "s3://b/lists/m.jsonl"},
                        "output": {"s3_bucket": "o"}})
     assert [o.key for o in list_items(r, client)] == ["x.wav"]
+
+
+def test_read_manifest_errors_name_the_manifest(tmp_path):
+    from ffleet.inventory import read_manifest
+    path = tmp_path / "redo.jsonl"
+    path.write_text('{"key": "a.wav"}\n{"nokey": 1}\n')
+    with pytest.raises(ManifestError) as exc:
+        list(read_manifest(str(path)))
+    assert str(exc.value) == f"{path} line 2: no 'key' field"

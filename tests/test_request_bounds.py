@@ -1,8 +1,8 @@
 """The request's bounds and safety checks, each tested on both sides (issue 20: mutation testing)."""
 import pytest
 
-from ffleet.request import (DEFAULT_FILES_PER_JOB, DEFAULT_TIMEOUT_SECONDS_PER_FILE, RequestError, parse_request,
-                            parse_request_text)
+from ffleet.request import (COMPUTE_TYPES, DEFAULT_FILES_PER_JOB, DEFAULT_TIMEOUT_SECONDS_PER_FILE, RequestError, load_request,
+                            parse_request, parse_request_text)
 
 BASE = {"name": "t", "input": {"s3_bucket": "in", "s3_prefix": "media/"}, "output": {"s3_bucket": "out"}}
 
@@ -61,6 +61,15 @@ def test_defaults_a_first_time_user_gets():
     assert q.measure is None and q.measuring is False and q.has_filters is False
     assert q.measure_at == "output" and q.true_peak is True
     assert q.reject_clipped is False and q.keep_rejected is False
+
+
+def test_compute_types_are_the_ones_the_request_accepts():
+    # the template tests build one queue and job definition per entry of COMPUTE_TYPES
+    for compute in COMPUTE_TYPES:
+        assert parse_request({**BASE, "compute": compute}).compute == compute
+    p = problems({**BASE, "compute": "tpu"})
+    assert all(f"'{c}'" in p["compute"] for c in COMPUTE_TYPES)
+    assert p["compute"].count("'") == 2 * len(COMPUTE_TYPES)  # and no other choice
 
 
 @pytest.mark.parametrize("where", ["output", "source"])
@@ -290,5 +299,17 @@ def test_to_dict_lists_every_problem():
         parse_request({**BASE, "name": "", "compute": "tpu"})
     d = exc.value.to_dict()
     assert d["valid"] is False and {e["field"] for e in d["errors"]} == {"name", "compute"}
+    assert all(e["message"] == dict(exc.value.problems)[e["field"]] for e in d["errors"])
     assert str(exc.value).startswith("name: ") or str(exc.value).startswith("compute: ")
     assert "; " in str(exc.value)
+
+
+def test_load_request(tmp_path):
+    path = tmp_path / "job.json"
+    path.write_text('{"name": "t", "input": {"path": "in"}, "output": {"path": "out"}}')
+    assert load_request(path).input.path == "in"
+    assert load_request(str(path)).output.path == "out"
+    with pytest.raises(RequestError) as exc:
+        load_request(tmp_path / "missing.json")
+    [(field, message)] = exc.value.problems
+    assert field == "(request)" and "missing.json" in message and "No such file" in message
