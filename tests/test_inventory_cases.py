@@ -172,4 +172,4 @@ def test_read_manifest_errors_name_the_manifest(tmp_path):
     path.write_text('{"key": "a.wav"}\n{"nokey": 1}\n')
     with pytest.raises(ManifestError) as exc:
         list(read_manifest(str(path)))
-    assert str(exc.value) == f"{path} line 2: no 'key' field"
+    assert str(exc.value).startswith(f"{path} line 2: no 'key' field")

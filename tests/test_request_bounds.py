@@ -313,3 +313,41 @@ def test_load_request(tmp_path):
         load_request(tmp_path / "missing.json")
     [(field, message)] = exc.value.problems
     assert field == "(request)" and "missing.json" in message and "No such file" in message
+
+
+def test_global_options_may_be_given_as_global_underscore():
+    # populate_by_name: the Python name is accepted too, and problems still say "global"
+    r = parse_request({**BASE, "global_": {"options": "-hide_banner"}})
+    assert r.global_.options == "-hide_banner"
+    assert list(problems({**BASE, "global_": {"options": "-report"}})) == ["global.options"]
+
+
+def test_option_tokens_of_every_section():
+    r = parse_request({**req("input", file_options="-ss 5"), "output": {"s3_bucket": "out", "file_options": "-ac 1"},
+                       "global": {"options": "-hide_banner"}})
+    assert r.option_tokens() == {"global": ["-hide_banner"], "input": ["-ss", "5"], "output": ["-ac", "1"]}
+
+
+def test_json_dict_uses_the_request_field_names():
+    r = parse_request({**BASE, "global": {"options": "-hide_banner"}, "processing": {"tolerated_failure_percent": 2.5}})
+    d = r.to_json_dict()
+    assert d["global"] == {"options": "-hide_banner"} and "global_" not in d
+    assert d["processing"]["tolerated_failure_percent"] == 2.5
+    assert parse_request(d) == r
+
+
+def test_unknown_field_message():
+    p = problems({**BASE, "output": {"s3_bucket": "out", "s3_sufix": ".x"}})
+    assert p == {"output.s3_sufix": "unknown field (check the spelling; see the README's request reference)"}
+
+
+def test_json_error_message_names_the_source_and_the_parser_error(tmp_path):
+    with pytest.raises(RequestError) as exc:
+        parse_request_text(b"{")
+    assert exc.value.problems == [("(request)", "request is not valid JSON (line 1, column 2): "
+                                                "Expecting property name enclosed in double quotes")]
+    path = tmp_path / "job.json"
+    path.write_text('{"name": }')
+    with pytest.raises(RequestError) as exc:
+        load_request(path)
+    assert exc.value.problems == [("(request)", f"{path} is not valid JSON (line 1, column 10): Expecting value")]
