@@ -96,7 +96,8 @@ def test_every_table_of_the_four_modules_yields_mutants():
     for module in tool.MODULES:
         where = {m.where.split(":")[0] for m in tool.table_mutants(module, (REPO / "src/ffleet" / f"{module}.py").read_text())}
         expected = {"policy": {"ALLOWED_FLAGS", "ALLOWED_FLAGS['an']", "FORBIDDEN_FILTERS", "_PROTOCOLS", "_PATH_OPTION",
-                               "FORBIDDEN_FORMATS", "_ENCODER_PARAM_FILE_KEYS", "FILE_OPTION_FILTERS"},
+                               "FORBIDDEN_FORMATS", "ENCODER_PARAM_KEYS", "FILE_OPTION_FILTERS",
+                               "FORBIDDEN_OUTPUT_EXTENSIONS"},
                     "request": {"ProcessingSpec.files_per_job", "QualitySpec.max_seconds", "JobRequest.compute",
                                 "_NAME_PATTERN", "_EXTENSION_PATTERN"},
                     "inventory": {"KEY_FIELDS"}, "keys": set()}[module]
