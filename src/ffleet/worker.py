@@ -16,14 +16,14 @@ from typing import Callable, Iterable, Iterator
 
 from ffleet import audio_quality
 from ffleet.ffmpeg import (
-    Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, probe,
-    run_process,
+    Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, run_process,
 )
 from ffleet.keys import OutputClaims, output_key
 from ffleet.policy import option_pairs
 from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
 from ffleet.storage import ListedObject, NotFound, Storage, StorageError, input_storage, output_storage
+from ffleet.verify import MediaInfo, read_media
 
 # Messages FFmpeg prints when the input itself is unreadable (rather than the options being wrong).
 _CORRUPT_PATTERNS = re.compile(
@@ -110,6 +110,7 @@ class WorkContext:
     registry: ProcessRegistry = field(default_factory=ProcessRegistry)
     tokens: dict[str, list[str]] = field(init=False)
     guard: list[str] = field(init=False)
+    output_guard: list[str] = field(init=False)  # the output is read back with an input's protection
     measuring: bool = field(init=False)
     # (input, output extension) -> the output options (the user's, -vn added for video into an audio container)
     _outputs: dict[tuple[str, str], list[str]] = field(init=False, default_factory=dict, repr=False)
@@ -124,6 +125,9 @@ class WorkContext:
         # a user's input -f (e.g. s16le for raw PCM) is a demuxer they chose: let it through
         user_formats = [v for flag, v in option_pairs(self.tokens["input"]) if flag == "-f" and v is not None]
         self.guard = input_guard(user_formats)
+        # a user's output -f names the muxer: reading the output back needs its demuxer (if FFmpeg has one)
+        output_formats = [v for flag, v in option_pairs(self.tokens["output"]) if flag == "-f" and v is not None]
+        self.output_guard = input_guard(output_formats)
         self.measuring = audio_quality.measuring(self.request, self.tokens)
         if self.measuring:
             self._loglevel = audio_quality.global_args(self.tokens["global"])
@@ -261,23 +265,21 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
             result.reason, result.detail = "ffmpeg_error", tail or f"ffmpeg exited with {run.returncode}"
         return
     if not info.parsed or info.duration is None:
-        # the user's -loglevel hid the input section, or the container has no duration: ask ffprobe
-        in_probe, pr = probe(src, ctx.binaries, registry=ctx.registry, untrusted=True)
-        result.cpu_seconds += pr.cpu_seconds
-        if in_probe:
-            dur = (in_probe.get("format") or {}).get("duration")
-            result.duration_in = float(dur) if dur not in (None, "N/A") else None
-            types = [s.get("codec_type") for s in in_probe.get("streams", [])]
-            if "audio" not in types and req.processing.require_audio:
+        # the user's -loglevel hid the input section, or the container has no duration: read the input
+        in_read = read_media(src, ctx.guard, ctx.binaries, ctx.registry)
+        result.cpu_seconds += in_read.cpu_seconds
+        if in_read.info:
+            result.duration_in = in_read.info.duration
+            if not in_read.info.has_audio and req.processing.require_audio:
                 result.reason, result.detail = "no_audio_stream", "input has no audio stream"
                 return
     # 4. Verify the output: FFmpeg can exit 0 after writing a header-only file.
     if not dst.is_file() or dst.stat().st_size == 0:
         result.reason, result.detail = "invalid_output", "FFmpeg exited 0 but wrote no output"
         return
-    out_probe, pr = probe(dst, ctx.binaries, registry=ctx.registry)
-    result.cpu_seconds += pr.cpu_seconds
-    problem = _verify_output(ctx, out_probe, result)
+    out_read = read_media(dst, ctx.output_guard, ctx.binaries, ctx.registry)
+    result.cpu_seconds += out_read.cpu_seconds
+    problem = _verify_output(ctx, out_read.info, result)
     if problem:
         result.reason, result.detail = "invalid_output", problem
         return
@@ -290,23 +292,18 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     ctx.output_store.store(dst, out_key)
 
 
-def _verify_output(ctx: WorkContext, out_probe: dict | None, result: ItemResult) -> str | None:
+def _verify_output(ctx: WorkContext, out: MediaInfo | None, result: ItemResult) -> str | None:
     req = ctx.request
-    if not out_probe:
-        return "the output cannot be read back by ffprobe"
-    streams = out_probe.get("streams") or []
-    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
-    fmt = out_probe.get("format") or {}
-    duration = _float(fmt.get("duration")) or _float((audio or {}).get("duration"))
-    result.duration_out = duration
-    if audio:
-        result.sample_rate = int(audio["sample_rate"]) if audio.get("sample_rate") else None
-        result.channels = audio.get("channels")
-        result.codec = audio.get("codec_name")
-    if not streams:
+    if out is None:
+        return "the output cannot be read back as media"
+    result.duration_out = out.duration
+    if out.has_audio:
+        result.sample_rate, result.channels, result.codec = out.sample_rate, out.channels, out.codec
+    if not out.stream_types:
         return "the output has no streams"
-    if req.processing.require_audio and not _has_flag(ctx.tokens["output"], "-an") and audio is None:
+    if req.processing.require_audio and not _has_flag(ctx.tokens["output"], "-an") and not out.has_audio:
         return "the output has no audio stream"
+    duration = out.duration
     if duration is None or duration <= 0:
         return "the output has no duration (header only?)"
     if req.processing.verify_duration:
@@ -317,13 +314,6 @@ def _verify_output(ctx: WorkContext, out_probe: dict | None, result: ItemResult)
             if abs(duration - expected) > tolerance:
                 return f"output lasts {duration:.3f} s, expected {expected:.3f} s (+/- {tolerance:.2f} s)"
     return None
-
-
-def _float(v) -> float | None:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
 
 
 def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
