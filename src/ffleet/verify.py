@@ -10,10 +10,9 @@ from pathlib import Path
 
 from ffleet.ffmpeg import Binaries, ProcessRegistry, run_process
 
-# Why in-process: a second process per file (ffprobe) cost 4-10 ms of CPU for each output, and
-# 76-86 ms with Debian's dynamically linked build, as much as converting a short clip
-# (bench/verify_cost.py). PyAV opens the file with the libav it bundles; importing it costs about
-# 60 ms of CPU once per process, so it is imported on the first file, not at start.
+# Why in-process: ffprobe, a second process per file, cost 6.5 ms of CPU per output with the static
+# build and 74 ms with Debian's; PyAV reads the same in 0.4 ms (bench/verify_cost.py). Importing
+# it costs about 63 ms of CPU once per process, so it is imported on the first file, not at start.
 
 
 @dataclass
@@ -103,8 +102,12 @@ _HEADER_FORMATS = {"wav", "w64", "aiff"}
 _SMALL_PROBE = 4096
 
 
+# As ffprobe's run was bounded: libav checks this between reads, so a file cannot hold a worker thread
+_OPEN_TIMEOUT_SECONDS = 60
+
+
 def _open(av, path: Path, options: dict[str, str]) -> MediaInfo:
-    with av.open(str(path), options=options) as container:
+    with av.open(str(path), options=options, timeout=_OPEN_TIMEOUT_SECONDS) as container:
         info = _from_container(container)
         info.format_name = container.format.name
     return info
