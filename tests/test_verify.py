@@ -172,3 +172,13 @@ def test_verification_cpu_is_counted(tmp_path, tone_cache, monkeypatch):
     r = process_item(ctx, put(tmp_path, "a.wav", tone_cache(".wav", 1.0)))
     assert r.status == SUCCEEDED and len(reads) == 1 and reads[0].cpu_seconds > 0
     assert r.cpu_seconds == pytest.approx(ffmpeg_cpu[0].cpu_seconds + reads[0].cpu_seconds)
+
+
+def test_the_guard_reaches_libav_whole_and_must_hold_both_whitelists():
+    guard = input_guard(["s16le"])
+    options = verify._guard_options(guard)
+    assert options["protocol_whitelist"] == "file" and options["format_whitelist"].endswith(",s16le")
+    assert verify._guard_options([*guard, "-probesize", "5000000"])["probesize"] == "5000000"
+    for broken in (guard[:2], guard[2:], guard[:-1]):
+        with pytest.raises(ValueError):
+            verify._guard_options(broken)

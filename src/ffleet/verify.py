@@ -119,10 +119,14 @@ def _described_by_header(info: MediaInfo) -> bool:
 
 
 def _guard_options(guard: list[str]) -> dict[str, str]:
-    """['-protocol_whitelist', 'file', '-format_whitelist', 'wav,...'] -> the same as libav options."""
-    options = {flag.lstrip("-"): value for flag, value in zip(guard[::2], guard[1::2])}
-    if set(options) != {"protocol_whitelist", "format_whitelist"}:
-        raise ValueError(f"unexpected input guard {guard!r}: read_media passes only the two whitelists to libav")
+    """['-protocol_whitelist', 'file', '-format_whitelist', 'wav,...'] -> the same as libav options.
+
+    Every pair of the guard goes to libav; without both whitelists this refuses to read at all."""
+    if len(guard) % 2 or not all(flag.startswith("-") for flag in guard[::2]):
+        raise ValueError(f"the input guard {guard!r} is not a list of -option value pairs")
+    options = {flag[1:]: value for flag, value in zip(guard[::2], guard[1::2])}
+    if not {"protocol_whitelist", "format_whitelist"} <= set(options):
+        raise ValueError(f"the input guard {guard!r} lacks protocol_whitelist or format_whitelist")
     return options
 
 
