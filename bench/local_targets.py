@@ -1,6 +1,6 @@
 """Benchmark: `ffleet run` against `xargs -P <cores> ffmpeg` on the same files, side by side (issue 15's local targets).
 
-Run from the repository root:  python bench/local_targets.py [--rounds 5] [--old main] [--only wav|flac]
+Run from the repository root:  python bench/local_targets.py [--rounds 5] [--old base|REF] [--only wav|flac]
 Two corpora, each converted by every way in every round (the order rotates), with the same FFmpeg binary:
   wav:  100 generated 10-30 s stereo 44.1 kHz WAVs, `-ac 1 -ar 48000` to WAV (a cheap transform:
         ffleet's own cost shows); target: ffleet at >= 0.95 of xargs' speed
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up (default 5)")
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="default: usable CPUs")
-    parser.add_argument("--old", default=None, help="also run `git archive OLD src` (e.g. main) as ffleet_old")
+    parser.add_argument("--old", default=None, help="also run `git archive OLD src` as ffleet_old ('base': where this branch left main)")
     parser.add_argument("--only", choices=list(CORPORA), help="one corpus only")
     parser.add_argument("--no-ffprobe-way", action="store_true", help="skip ffleet_ffprobe")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ffleet-bench")
@@ -120,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     wd = args.workdir
     wd.mkdir(parents=True, exist_ok=True)
     trees = {"ffleet": compiled(REPO / "src")}
+    if args.old == "base":
+        args.old = subprocess.run(["git", "-C", str(REPO), "merge-base", "HEAD", "main"], capture_output=True, text=True,
+                                  check=True).stdout.strip()[:12]
     if args.old:
+        print(f"ffleet_old: git archive {args.old} src")
         trees["ffleet_old"] = compiled(old_tree(args.old, wd / "old-tree"))
     report: dict = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "workers": args.workers,
                     "ffmpeg": bins.ffmpeg, "rounds": args.rounds, "loadavg_at_start": list(os.getloadavg()), "corpora": {}}

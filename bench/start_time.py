@@ -35,6 +35,12 @@ def old_tree(ref: str, into: Path) -> Path:
     return into / "src"
 
 
+def branch_point() -> str:
+    """Where this branch left main: main itself moves while a branch is measured."""
+    out = subprocess.run(["git", "-C", str(REPO), "merge-base", "HEAD", "main"], capture_output=True, text=True)
+    return out.stdout.strip()[:12] or "main"
+
+
 def compiled(src: Path) -> Path:
     """Byte-compile a tree, as pip does on install: with PYTHONDONTWRITEBYTECODE set (as in some
     shells and CI) every run would otherwise compile ffleet from source, 100-200 ms of it."""
@@ -47,8 +53,10 @@ def first_exec_ms(src: Path, request: Path, wrapper: Path, stamp: Path, ffprobe:
     stamp.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(src), FFLEET_FFMPEG=str(wrapper), FFLEET_FFPROBE=ffprobe, FFLEET_BENCH_STAMP=str(stamp))
     started = time.time()
-    subprocess.run([sys.executable, "-m", "ffleet.cli", "run", str(request), "--no-progress", "--json", "--workers", "1"],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
+    proc = subprocess.run([sys.executable, "-m", "ffleet.cli", "run", str(request), "--no-progress", "--json", "--workers", "1"],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ffleet run ({src}) exited {proc.returncode}: {proc.stderr[-1500:]} {proc.stdout[-1500:]}")
     when, cpu_ns = stamp.read_text().split()[:2]
     return (float(when) - started) * 1000, int(cpu_ns) / 1e6
 
@@ -61,13 +69,14 @@ def floor_ms() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--old", default="main", help="git ref of the tree to compare with (default: main)")
+    parser.add_argument("--old", default=None, help="git ref of the tree to compare with (default: where this branch left main)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ffleet-bench-start")
     args = parser.parse_args(argv)
 
     wd = args.workdir
     bins = find_binaries()
+    args.old = args.old or branch_point()
     wrapper = wd / "ffmpeg-stamp"
     wd.mkdir(parents=True, exist_ok=True)
     # bash builtins only (no fork): the time, and the CPU ffleet's threads have used so far (schedstat, ns)

@@ -182,3 +182,26 @@ def test_the_guard_reaches_libav_whole_and_must_hold_both_whitelists():
     for broken in (guard[:2], guard[2:], guard[:-1]):
         with pytest.raises(ValueError):
             verify._guard_options(broken)
+
+
+@pytest.mark.parametrize("ext", [".m4a", ".mp3", ".opus", ".flac"])
+def test_no_decoder_runs_in_ffleets_process(tmp_path, ext, monkeypatch):
+    """Reading back opens no decoder in-process (libav would, to find the sample format), yet
+    reads the same as ffprobe."""
+    path = make_tone(tmp_path / f"t{ext}", 1.5, ext, channels=1)
+    monkeypatch.setattr(verify, "_av", None)
+    av.logging.set_level(av.logging.VERBOSE)
+    try:
+        with av.logging.Capture() as logs:
+            info = read_media(path, input_guard(), find_binaries()).info
+    finally:
+        av.logging.set_level(None)
+    refused = [m for _, _, m in logs if "not on whitelist" in m]
+    if ext == ".m4a":  # AAC in MP4: libav tries its decoder for the sample format, and is refused
+        assert refused, logs
+    assert all("Codec" in m for m in refused), refused  # refused decoders, not the demuxer
+    monkeypatch.setattr(verify, "_av", False)  # ffprobe, where the decoder may run (sandboxed)
+    by_ffprobe = read_media(path, input_guard(), find_binaries()).info
+    assert (info.stream_types, info.codec, info.sample_rate, info.channels) == (
+        by_ffprobe.stream_types, by_ffprobe.codec, by_ffprobe.sample_rate, by_ffprobe.channels)
+    assert info.channels == 1 and abs(info.duration - 1.5) < 0.1

@@ -1,14 +1,13 @@
 """Read a media file's streams and duration back: in-process with PyAV, or with ffprobe where PyAV is missing."""
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ffleet.ffmpeg import Binaries, ProcessRegistry, run_process
+from ffleet.ffmpeg import Binaries, ProcessRegistry, probe
 
 # Why in-process: ffprobe, a second process per file, cost 6.5 ms of CPU per output with the static
 # build and 74 ms with Debian's; PyAV reads the same in 0.4 ms (bench/verify_cost.py). Importing
@@ -74,7 +73,11 @@ def read_media(
     av = _pyav()
     if av is None:
         return _read_with_ffprobe(path, guard, binaries, registry)
-    options = _guard_options(guard)
+    # No decoder runs in this process: libav would open one to fill in parameters the container
+    # leaves out (the sample format, mostly), on bytes a user's input may have chosen (-c copy).
+    # Refused, libav reports what the container and the parsers say: the same streams, rates,
+    # channels and duration (tests/test_verify.py), for no more CPU (bench/verify_cost.py).
+    options = {**_guard_options(guard), "codec_whitelist": _NO_DECODER}
     started = time.thread_time()
     info = None
     if path.suffix.lower() in _PCM_SUFFIXES:
@@ -98,6 +101,7 @@ def read_media(
 # answers the same (bench/verify_cost.py checks it); an answer the checks would reject is
 # read again in full, so a failure is never the small probe's doing.
 _PCM_SUFFIXES = {".wav", ".w64", ".aif", ".aiff"}
+_NO_DECODER = "none"  # a codec_whitelist that names no codec
 _HEADER_FORMATS = {"wav", "w64", "aiff"}
 _SMALL_PROBE = 4096
 
@@ -150,16 +154,9 @@ def _from_container(container) -> MediaInfo:
 
 
 def _read_with_ffprobe(path: Path, guard: list[str], binaries: Binaries, registry: ProcessRegistry | None) -> ReadBack:
-    run = run_process(
-        [binaries.ffprobe, "-v", "error", "-hide_banner", "-print_format", "json",
-         "-show_entries", "format=duration:stream=codec_type,codec_name,sample_rate,channels,duration",
-         *guard, str(path)],
-        timeout=60, registry=registry, capture_stdout=True,
-    )
-    try:
-        data = json.loads(run.stdout or b"{}") if run.returncode == 0 else None
-    except json.JSONDecodeError:
-        data = None
+    # ffmpeg.probe reads with the input guard (untrusted=True: as a user's input), which holds the
+    # whitelists `guard` holds but for a user's own -f additions
+    data, run = probe(path, binaries, registry=registry, untrusted=True)
     if not data:
         return ReadBack(None, run.cpu_seconds, "ffprobe")
     streams = data.get("streams") or []
