@@ -12,17 +12,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 from ffleet.inventory import list_items
+from ffleet.report import REPORT_FILE, render_html
+from ffleet.request import JobRequest
 from ffleet.results import (
     FAILED, FAILED_FILE, NOT_DONE, RECORDS_FILE, SUMMARY_FILE, ItemResult, SummaryBuilder, failed_manifest_line, summary_text,
 )
 from ffleet.storage import ListedObject, LocalStorage, StorageError, results_storage
 from ffleet.worker import WorkContext, default_workers, run_items
-
-if TYPE_CHECKING:
-    from ffleet.request import JobRequest
 
 
 
@@ -135,8 +134,6 @@ def run_request(
             results=store.uri(run_prefix),
         )
         (run_dir / SUMMARY_FILE).write_text(summary_text(summary), encoding="utf-8")
-        from ffleet.report import REPORT_FILE, render_html  # after the files: not on the way to the first FFmpeg
-
         (run_dir / REPORT_FILE).write_text(render_html(summary), encoding="utf-8")
         if not isinstance(store, LocalStorage):
             try:

@@ -12,20 +12,19 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ffleet import audio_quality
+from ffleet.verify import MediaInfo, read_media  # noqa: I001 - placed here to keep merges with main small
 from ffleet.ffmpeg import (
-    Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, run_process,
+    Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, probe,
+    run_process,
 )
 from ffleet.keys import OutputClaims, output_key
 from ffleet.policy import option_pairs
+from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
 from ffleet.storage import ListedObject, NotFound, Storage, StorageError, input_storage, output_storage
-from ffleet.verify import MediaInfo, read_media
-
-if TYPE_CHECKING:  # the request model costs pydantic's import, which ffleet run pays once, in cli
-    from ffleet.request import JobRequest
 
 # Messages FFmpeg prints when the input itself is unreadable (rather than the options being wrong).
 _CORRUPT_PATTERNS = re.compile(
