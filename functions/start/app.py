@@ -1,4 +1,4 @@
-"""Start Lambda: S3 ObjectCreated on jobs/*.json, or the stack's schedule -> one state machine execution per request."""
+"""Start Lambda: S3 ObjectCreated under jobs/ or manifests/, or the stack's schedule -> one state machine execution per request."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
 from ffleet.request import RequestError
-from ffleet import trigger
+from ffleet import manifest_trigger, trigger
 
 logger = Logger()
 tracer = Tracer()
@@ -18,6 +18,9 @@ metrics = Metrics()
 STATE_MACHINE_ARN = os.environ.get("STATE_MACHINE_ARN", "")
 RESULTS_BUCKET = os.environ.get("RESULTS_BUCKET", "")
 SCHEDULED_REQUEST = os.environ.get("SCHEDULED_REQUEST", "")
+# A manifest under manifests/ runs with DEFAULT_REQUEST over keys in INPUT_BUCKET; without them it is rejected, saying why.
+DEFAULT_REQUEST = os.environ.get("DEFAULT_REQUEST", "")
+INPUT_BUCKET = os.environ.get("INPUT_BUCKET", "")
 _missing = [n for n, v in (("STATE_MACHINE_ARN", STATE_MACHINE_ARN), ("RESULTS_BUCKET", RESULTS_BUCKET)) if not v]
 if _missing:
     raise RuntimeError(f"start function: environment variable(s) {', '.join(_missing)} not set (see template.yaml)")
@@ -41,8 +44,9 @@ def handler(event, context):
             metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
             raise
     else:
-        outcome = trigger.handle_s3_event(
-            event, s3=s3, sfn=sfn, state_machine_arn=STATE_MACHINE_ARN, results_bucket=RESULTS_BUCKET, log=logger
+        outcome = manifest_trigger.handle_trigger_event(
+            event, s3=s3, sfn=sfn, state_machine_arn=STATE_MACHINE_ARN, results_bucket=RESULTS_BUCKET,
+            input_bucket=INPUT_BUCKET, default_request=DEFAULT_REQUEST, log=logger,
         )
     metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=len(outcome.started))
     metrics.add_metric(name="DuplicateEvents", unit=MetricUnit.Count, value=len(outcome.already_running))
