@@ -414,3 +414,66 @@ def _event_for(cloud, key: str) -> dict:
     return {"Records": [{"s3": {"bucket": {"name": TRIGGER}, "object": {
         "key": quote_plus(key, safe="/"), "size": head["ContentLength"], "versionId": head.get("VersionId", ""),
         "eTag": head["ETag"].strip('"')}}}]}
+
+
+# --- ffleet submit with a manifest -----------------------------------------------------------------
+def _cfn_template(default_request: str) -> str:
+    return json.dumps({
+        "Parameters": {"DefaultRequest": {"Type": "String", "Default": default_request}},
+        "Resources": {"Trigger": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": "ffleet-trigger-submit"}}},
+        "Outputs": {"TriggerBucketName": {"Value": {"Ref": "Trigger"}}, "ResultsBucketName": {"Value": RESULTS}},
+    })
+
+
+@pytest.fixture
+def submit_stack(s3_endpoint, moto_server):
+    import boto3
+
+    cfn = boto3.client("cloudformation", endpoint_url=moto_server, region_name=REGION)
+
+    def make(default_request: str) -> str:
+        cfn.create_stack(StackName="ffleet-submit", TemplateBody=_cfn_template(default_request))
+        return "ffleet-submit"
+
+    yield make
+    cfn.delete_stack(StackName="ffleet-submit")
+
+
+def _uploaded(s3_endpoint) -> list[str]:
+    return [o["Key"] for o in s3_endpoint.list_objects_v2(Bucket="ffleet-trigger-submit").get("Contents", [])]
+
+
+def test_submit_uploads_a_manifest_under_manifests(submit_stack, s3_endpoint, tmp_path, moto_server):
+    from conftest import run_cli
+
+    stack = submit_stack(json.dumps(DEFAULT))
+    path = tmp_path / "tonight list.csv"
+    path.write_bytes("key\nin/a b.wav\nin/ü+1.wav\n".encode())
+    proc = run_cli("submit", str(path), "--stack", stack, env={"AWS_ENDPOINT_URL": moto_server})
+    assert proc.returncode == 0, proc.stderr
+    (key,) = _uploaded(s3_endpoint)
+    assert key.startswith("manifests/tonight_list/") and key.endswith(".csv")
+    assert s3_endpoint.get_object(Bucket="ffleet-trigger-submit", Key=key)["Body"].read() == path.read_bytes()
+    assert f"s3://ffleet-trigger-submit/{key}" in proc.stdout and ".rejected.json" in proc.stdout
+    assert "2 keys" in proc.stdout and "DefaultRequest" in proc.stdout
+
+
+def test_submit_refuses_a_manifest_the_stack_would_reject(submit_stack, s3_endpoint, tmp_path, moto_server):
+    from conftest import run_cli
+
+    stack = submit_stack("")
+    good = tmp_path / "list.jsonl"
+    good.write_text('{"key": "in/a.wav"}\n')
+    proc = run_cli("submit", str(good), "--stack", stack, env={"AWS_ENDPOINT_URL": moto_server})
+    assert proc.returncode == 2 and "DefaultRequest" in proc.stderr and '"manifest"' in proc.stderr
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes(b"key\nin/caf\xe9.wav\n")
+    proc = run_cli("submit", str(bad), "--stack", stack, env={"AWS_ENDPOINT_URL": moto_server})
+    assert proc.returncode == 2 and "not UTF-8" in proc.stderr
+    assert _uploaded(s3_endpoint) == []
+    # a failed-files.jsonl brings its own run's request: no default needed
+    redrive = tmp_path / "failed-files.jsonl"
+    redrive.write_text('{"key": "in/a.wav", "reason": "timeout", "detail": "", "run": "nightly-0123456789abcdef"}\n')
+    proc = run_cli("submit", str(redrive), "--stack", stack, env={"AWS_ENDPOINT_URL": moto_server})
+    assert proc.returncode == 0, proc.stderr
+    assert "nightly-0123456789abcdef" in proc.stdout and len(_uploaded(s3_endpoint)) == 1
