@@ -8,6 +8,7 @@ import posixpath
 import re
 import tempfile
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _json_string  # a JSON string literal, non-ASCII kept
 from typing import IO, Any, Iterable, Iterator
 
 from ffleet.inventory import KEY_FIELDS, item_key
@@ -27,6 +28,9 @@ DEFAULT_REQUEST_PARAMETER = "DefaultRequest"
 RUN_KEYS_FILE = "input-keys.jsonl"
 # A request becomes the execution's input, which Step Functions limits to 256 KiB.
 MAX_REQUEST_BYTES = 256 * 1024
+# The start function holds each distinct key once (the duplicate check): about 170 MB per million keys
+# of 50 characters, measured; the template gives it 2048 MB. A longer list goes in a request's input.manifest.
+MAX_MANIFEST_KEYS = 5_000_000
 MAX_KEY_BYTES = 1024  # S3's limit: a longer "key" means the file is not a list of keys
 # Header cells that name the key column (compared case-insensitively): the names inventory.py reads.
 KEY_COLUMNS = frozenset(f.lower() for f in KEY_FIELDS)
@@ -94,7 +98,7 @@ def text_lines(body, source: str) -> Iterator[str]:
 
 
 def _blank(cells: list[str]) -> bool:
-    return not any(c.strip() for c in cells)
+    return not any(map(str.strip, cells))
 
 
 def csv_keys(lines: Iterable[str], source: str) -> Iterator[tuple[int, str, str | None]]:
@@ -150,6 +154,10 @@ def jsonl_keys(lines: Iterable[str], source: str) -> Iterator[tuple[int, str, st
         key = item_key(row)
         if key is None:
             raise _line_problem(source, n, 'needs a "key" field holding a non-empty string, e.g. {"key": "media/a.wav"}')
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escape, "\ud800": no S3 key can hold it
+            raise _line_problem(source, n, "names a key that is not valid Unicode (a lone surrogate escape)") from None
         run = row.get(RUN_FIELD)
         yield n, key, run if isinstance(run, str) else None
 
@@ -167,16 +175,26 @@ def write_run_keys(body, kind: str, source: str, out: IO[bytes]) -> ManifestKeys
     parse = csv_keys if kind == "csv" else jsonl_keys
     found = ManifestKeys()
     seen: set[str] = set()
+    lines: list[str] = []
     for n, key, run in parse(text_lines(body, source), source):
-        if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        # a UTF-8 character takes at most 4 bytes: only a long key needs encoding to be measured
+        if len(key) * 4 > MAX_KEY_BYTES and len(key.encode("utf-8")) > MAX_KEY_BYTES:
             raise _line_problem(source, n, f"names a key longer than S3's {MAX_KEY_BYTES} bytes")
         found.runs.add(run)
         if key in seen:
             found.duplicates += 1  # a key twice would be converted twice, by jobs racing for one output
             continue
         seen.add(key)
-        out.write(json.dumps({"key": key}, ensure_ascii=False).encode("utf-8") + b"\n")
-        found.count += 1
+        if len(seen) > MAX_MANIFEST_KEYS:
+            raise Rejected([("(file)", f"{source} names more than {MAX_MANIFEST_KEYS:,} keys")],
+                           f"split it into several manifests, or put it in the input bucket and drop a request under "
+                           f'{JOBS_PREFIX} whose input is {{"s3_bucket": "<input bucket>", "manifest": "s3://<input bucket>/<key>"}}')
+        lines.append('{"key": ' + _json_string(key) + "}\n")
+        if len(lines) >= 10_000:
+            out.write("".join(lines).encode("utf-8"))
+            lines.clear()
+    out.write("".join(lines).encode("utf-8"))
+    found.count = len(seen)
     if not found.count:
         raise Rejected([("(file)", f"{source} names no keys")], f"a manifest is {MANIFEST_FORMATS}")
     return found

@@ -477,3 +477,21 @@ def test_submit_refuses_a_manifest_the_stack_would_reject(submit_stack, s3_endpo
     proc = run_cli("submit", str(redrive), "--stack", stack, env={"AWS_ENDPOINT_URL": moto_server})
     assert proc.returncode == 0, proc.stderr
     assert "nightly-0123456789abcdef" in proc.stdout and len(_uploaded(s3_endpoint)) == 1
+
+
+def test_a_manifest_over_the_key_limit_is_rejected_with_the_way_out(stack, monkeypatch):
+    import ffleet.manifest_trigger as mt
+
+    monkeypatch.setattr(mt, "MAX_MANIFEST_KEYS", 2)
+    ok = stack.fire(drop(stack.s3, "manifests/two.csv", b"a\nb\na\n"))  # a repeated key counts once
+    assert ok.started, ok
+    out = stack.fire(drop(stack.s3, "manifests/three.csv", b"a\nb\nc\n"))
+    assert not out.started and len(stack.executions()) == 1
+    note = stack.rejection("manifests/three.csv")
+    assert "more than 2 keys" in note["errors"][0]["message"] and '"manifest"' in note["hint"]
+
+
+def test_a_lone_surrogate_key_is_rejected_not_crashed_on(stack):
+    out = stack.fire(drop(stack.s3, "manifests/odd.jsonl", b'{"key": "in/a\\ud800.wav"}\n'))
+    assert not out.started
+    assert "not valid Unicode" in stack.rejection("manifests/odd.jsonl")["errors"][0]["message"]
