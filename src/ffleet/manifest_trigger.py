@@ -201,7 +201,7 @@ def write_run_keys(body, kind: str, source: str, out: IO[bytes]) -> ManifestKeys
 
 
 # --- the request a manifest runs with ---------------------------------------------------------
-def _without_help(source: str) -> str:
+def _without_help() -> str:
     return (
         f"this stack has no default request for manifests. Either set the stack parameter "
         f"{DEFAULT_REQUEST_PARAMETER} to a request without input (one line of JSON, e.g. "
@@ -213,10 +213,10 @@ def _without_help(source: str) -> str:
     )
 
 
-def default_request_dict(text: str, source: str) -> dict[str, Any]:
+def default_request_dict(text: str) -> dict[str, Any]:
     """The stack's default request (a request without its source), decoded."""
     if not text.strip():
-        raise Rejected([(DEFAULT_REQUEST_PARAMETER, "is empty")], _without_help(source))
+        raise Rejected([(DEFAULT_REQUEST_PARAMETER, f"is not set; a manifest under {MANIFESTS_PREFIX} runs with it")], _without_help())
     where = f"the stack parameter {DEFAULT_REQUEST_PARAMETER}"
     fix = f"fix {where} (sam deploy --parameter-overrides), then upload the manifest again"
     try:
@@ -360,7 +360,7 @@ def start_manifest_run(rec: dict[str, str], *, s3, sfn, state_machine_arn: str, 
             if not input_bucket:
                 raise Rejected([("INPUT_BUCKET", "the start function's environment names no input bucket")],
                                "deploy the stack's current template (it sets INPUT_BUCKET from InputBucketName)")
-            base = default_request_dict(default_request, uri)
+            base = default_request_dict(default_request)
             source_bucket, label, origin = input_bucket, str(base.get("name")), DEFAULT_REQUEST_PARAMETER
             fix = f"fix the stack parameter {DEFAULT_REQUEST_PARAMETER} (sam deploy --parameter-overrides), then upload the manifest again"
         name = execution_name(label, bucket, key, rec["version"] or rec["etag"])
