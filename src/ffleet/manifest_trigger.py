@@ -286,7 +286,7 @@ def _misplaced(key: str) -> Rejected | None:
     if key.startswith(JOBS_PREFIX) and not key.endswith(".json"):
         where = f"; a list of keys belongs under {MANIFESTS_PREFIX}" if manifest_kind(key) else ""
         return Rejected([("(file)", f"{name!r} is not a request: requests under {JOBS_PREFIX} end with .json{where}")],
-                        f"rename it, or move it, and upload it again")
+                        "rename it, or move it, and upload it again")
     if key.startswith(MANIFESTS_PREFIX) and manifest_kind(key) is None:
         where = f"; a request belongs under {JOBS_PREFIX}" if key.lower().endswith(".json") else ""
         return Rejected([("(file)", f"{name!r} is not a manifest: a manifest is {MANIFEST_FORMATS}{where}")],

@@ -495,3 +495,17 @@ def test_a_lone_surrogate_key_is_rejected_not_crashed_on(stack):
     out = stack.fire(drop(stack.s3, "manifests/odd.jsonl", b'{"key": "in/a\\ud800.wav"}\n'))
     assert not out.started
     assert "not valid Unicode" in stack.rejection("manifests/odd.jsonl")["errors"][0]["message"]
+
+
+def test_sample_manifest_event_for_sam_local_invoke(stack):
+    """events/s3-put-manifest.json (for `sam local invoke StartFunction -e ...`) names a manifest the start logic runs."""
+    from conftest import EVENTS
+
+    event = json.loads((EVENTS / "s3-put-manifest.json").read_text())
+    key = "manifests/tonight's list (v2)+ü.csv"
+    live = drop(stack.s3, key, b"key\nin/a.wav\n")  # the sample's version and ETag are not this moto object's
+    event["Records"][0]["s3"]["bucket"]["name"] = TRIGGER
+    event["Records"][0]["s3"]["object"].update(
+        {k: live["Records"][0]["s3"]["object"][k] for k in ("versionId", "eTag", "size")})
+    out = stack.fire(event)
+    assert [s["manifest"] for s in out.started] == [f"s3://{TRIGGER}/{key}"], out
