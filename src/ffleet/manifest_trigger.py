@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import itertools
 import json
 import posixpath
 import re
@@ -102,42 +103,73 @@ def _blank(cells: list[str]) -> bool:
 
 
 def csv_keys(lines: Iterable[str], source: str) -> Iterator[tuple[int, str, str | None]]:
-    """(line, key, None) for each key of a CSV manifest.
+    """(line, key, None) for each key of a CSV manifest, by the rules `ffleet run` reads one with.
 
-    The first non-blank row is a header when one of its cells is 'key' (any case; s3_key and
-    object_key too): that column holds the keys and other columns are ignored. Otherwise the file is
-    one key per line, the first line included, and every row must have exactly one cell (quote a key
-    that holds a comma, CSV-style). Blank rows are skipped.
+    The first non-blank line is a header when one of its cells is 'key' (any case; s3_key and
+    object_key too): that column holds the keys (RFC 4180: a key holding a comma or a quote is quoted,
+    '""' is a quote), other columns are ignored, and rows with that cell empty are skipped. Otherwise
+    every non-blank line is one key, the first included, taken whole (commas and quotes included),
+    except that a line that is exactly one quoted field is unquoted.
     """
-    reader = csv.reader(lines)
-    column: int | None = None
-    headerless = False
+    it = iter(lines)
+    n = 0
+    for first in it:
+        n += 1
+        if first.strip():
+            break
+    else:
+        return
+    header = _one_row(_line_text(first))
+    names = [c.strip().lower() for c in header or []]
+    column = next((i for i, c in enumerate(names) if c in KEY_COLUMNS), None)
+    if column is None:
+        yield from _key_lines(itertools.chain([first], it), n)
+    else:
+        yield from _key_column(it, column, len(names), source, n)
+
+
+def _line_text(line: str) -> str:
+    return line[:-1].removesuffix("\r") if line.endswith("\n") else line
+
+
+def _one_row(line: str) -> list[str] | None:
+    try:
+        return next(csv.reader([line], strict=True), None)
+    except csv.Error:
+        return None
+
+
+def _key_lines(lines: Iterable[str], first_line: int) -> Iterator[tuple[int, str, str | None]]:
+    for n, line in enumerate(lines, first_line):
+        key = _line_text(line)
+        if not key.strip():
+            continue
+        if len(key) >= 2 and key[0] == '"' and key[-1] == '"':
+            row = _one_row(key)
+            if row is not None and len(row) == 1:
+                key = row[0]
+        yield n, key, None
+
+
+def _key_column(lines: Iterable[str], column: int, width: int, source: str, header_line: int
+                ) -> Iterator[tuple[int, str, str | None]]:
+    reader = csv.reader(lines, strict=True)
     try:
         for row in reader:
-            n = reader.line_num
+            n = header_line + reader.line_num
             if _blank(row):
                 continue
-            if column is None and not headerless:
-                names = [c.strip().lower() for c in row]
-                column = next((i for i, c in enumerate(names) if c in KEY_COLUMNS), None)
-                if column is not None:
-                    continue
-                if len(row) > 1:
-                    raise _line_problem(source, n, f"the first row has {len(row)} columns and none is named 'key'; "
-                                        "give the header row a 'key' column, or list one key per line")
-                headerless = True
-            if headerless:
-                if len(row) != 1:
-                    raise _line_problem(source, n, f"has {len(row)} columns; a manifest without a header row holds "
-                                        "one key per line (quote a key that contains a comma)")
-                yield n, row[0], None
-            else:
-                key = row[column] if column < len(row) else ""
-                if not key.strip():
-                    raise _line_problem(source, n, f"has no key in column {column + 1} (the header's 'key' column)")
-                yield n, key, None
+            if len(row) > width:
+                # an unquoted comma in a key: 'c,d.wav' under a one-column header reads as 'c'
+                raise _line_problem(source, n, f"has {len(row)} fields, but the header has {width}; "
+                                    'quote a key holding a comma as "c,d.wav"')
+            if column < len(row) and row[column].strip():
+                yield n, row[column], None
     except csv.Error as exc:
-        raise _line_problem(source, reader.line_num, f"is not valid CSV ({exc})") from None
+        # strict: a quote left open is an error, never a field that swallows the lines after it
+        raise _line_problem(source, header_line + reader.line_num,
+                            f'is not valid CSV ({exc}); quote a key holding a comma or a quote as "c,d.wav" '
+                            '(a quote doubled: "")') from None
 
 
 def jsonl_keys(lines: Iterable[str], source: str) -> Iterator[tuple[int, str, str | None]]:

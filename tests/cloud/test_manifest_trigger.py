@@ -110,6 +110,8 @@ def test_csv_with_key_column_runs_those_keys_with_the_default_request(stack):
     (b"\xef\xbb\xbfKEY\r\nin/a.wav\r\n", ["in/a.wav"]),  # a BOM and CRLF (Excel), a header in any case
     (b"in/a.wav", ["in/a.wav"]),  # no final newline
     (b"key\nin/a.wav\nin/a.wav\nin/b.wav\n", ["in/a.wav", "in/b.wav"]),  # each key once
+    (b"\n\nin/a,b.wav\nin/\"q\".wav\n", ["in/a,b.wav", 'in/"q".wav']),  # no header: each line whole
+    (b'n,KEY\n1,"in/a,b.wav"\n2,\n3,in/c.wav\n', ["in/a,b.wav", "in/c.wav"]),  # quoted; an empty key skipped
 ])
 def test_csv_forms(stack, body, keys):
     out = stack.fire(drop(stack.s3, "manifests/list.csv", body))
@@ -221,9 +223,9 @@ def test_an_invalid_default_request_is_named_in_the_rejection(stack, default, fi
     ("manifests/empty.csv", b"", "(file)", ["empty"]),
     ("manifests/latin1.csv", b"key\nin/caf\xe9.wav\n", "(file)", ["not UTF-8", "byte 10"]),
     ("manifests/header-only.csv", b"key\n\n", "(file)", ["names no keys"]),
-    ("manifests/wide.csv", b"path,size\nin/a.wav,3\n", "line 1", ["none is named 'key'"]),
-    ("manifests/ragged.csv", b"in/a.wav\nin/b.wav,3\n", "line 2", ["2 columns", "one key per line"]),
-    ("manifests/hole.csv", b"key,n\n,1\n", "line 2", ["no key"]),
+    ("manifests/comma.csv", b"key\nin/a.wav\nin/b,c.wav\n", "line 3", ["2 fields", "quote"]),
+    ("manifests/open-quote.csv", b'key,n\n"in/a.wav,1\nin/b.wav,2\n', "line 3", ["not valid CSV"]),  # where the data ran out
+    ("manifests/hole.csv", b"key,n\n,1\n  ,2\n", "(file)", ["names no keys"]),
     ("manifests/bad.jsonl", b'{"key": "in/a.wav"}\n{"key": \n', "line 2", ["not JSON"]),
     ("manifests/nokey.ndjson", b'{"path": "in/a.wav"}\n', "line 1", ['"key"']),
     ("manifests/deep.jsonl", b"[" * 100_000 + b"\n", "line 1", ["nested too deeply"]),
@@ -317,7 +319,8 @@ def test_a_key_named_key_without_header_is_read_as_the_header():
 
 
 def test_keys_keep_their_spaces_and_quotes():
-    assert [k for _, k, _ in csv_keys([' in/lead.wav\n', '"in/a,b.wav"\n'], "m")] == [" in/lead.wav", "in/a,b.wav"]
+    lines = [' in/lead.wav \r\n', '"in/a,b.wav"\n', 'in/"x", y.wav\n']
+    assert [k for _, k, _ in csv_keys(lines, "m")] == [" in/lead.wav ", "in/a,b.wav", 'in/"x", y.wav']
     assert [r for _, _, r in jsonl_keys(['{"key": "a", "run": "x"}\n'], "m")] == ["x"]
     with pytest.raises(Rejected):
         list(jsonl_keys(['["a"]\n'], "m"))
