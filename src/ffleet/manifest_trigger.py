@@ -183,13 +183,15 @@ def jsonl_keys(lines: Iterable[str], source: str) -> Iterator[tuple[int, str, st
             raise _line_problem(source, n, f"is not JSON ({exc.msg}, column {exc.colno})") from None
         except RecursionError:
             raise _line_problem(source, n, "is JSON nested too deeply to be a manifest line") from None
+        named = next((row[f] for f in KEY_FIELDS if f in row), None) if isinstance(row, dict) else None
+        if isinstance(named, str):
+            try:
+                named.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate escape, "\ud800": no S3 key can hold it
+                raise _line_problem(source, n, "names a key that is not valid Unicode (a lone surrogate escape)") from None
         key = item_key(row)
         if key is None:
             raise _line_problem(source, n, 'needs a "key" field holding a non-empty string, e.g. {"key": "media/a.wav"}')
-        try:
-            key.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate escape, "\ud800": no S3 key can hold it
-            raise _line_problem(source, n, "names a key that is not valid Unicode (a lone surrogate escape)") from None
         run = row.get(RUN_FIELD)
         yield n, key, run if isinstance(run, str) else None
 
