@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from ffleet.audio_quality import analysis_filter_parts, analysis_filters  # noqa: E402
 from ffleet.demo import FORMATS  # noqa: E402
 from ffleet.ffmpeg import find_binaries, run_process  # noqa: E402
+from ffleet.sandbox import Confinement  # noqa: E402
 from ffleet.request import parse_request  # noqa: E402
 from ffleet.storage import ListedObject  # noqa: E402
 from ffleet.worker import WorkContext, process_item  # noqa: E402
@@ -51,7 +52,7 @@ def make_inputs(folder: Path, files: int, seconds: float, source: str = "wav") -
         run_process([ff, "-hide_banner", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
                      f"aevalsrc='{expr}|{expr}':s=44100:d={seconds}",
                      *FORMATS["." + source],
-                     "-y", str(p)], timeout=300)
+                     "-y", str(p)], timeout=300, confinement=Confinement(write=(str(folder),)))
         paths.append(p)
     return paths
 
@@ -137,7 +138,7 @@ def main() -> None:
                         argv = ctx.ffmpeg_argv(src, folder / f"out-{name}{args.ext}")
                         if name in chains:
                             argv = with_chain(argv, chains[name])
-                        res = run_process(argv, timeout=600)
+                        res = run_process(argv, timeout=600, confinement=Confinement(read=(str(src),), write=(str(folder),)))
                         if res.returncode != 0:
                             sys.exit(f"ffmpeg failed ({name}): {res.stderr[-500:]}")
                     cpu[name] += res.cpu_seconds

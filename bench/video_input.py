@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ffleet.ffmpeg import find_binaries, run_process  # noqa: E402
+from ffleet.sandbox import Confinement  # noqa: E402
 from ffleet.request import parse_request  # noqa: E402
 from ffleet.worker import WorkContext  # noqa: E402
 
@@ -38,7 +39,8 @@ def main() -> None:
         clip.parent.mkdir()
         run_process([ff, "-v", "error", "-nostdin", "-f", "lavfi", "-i", f"testsrc2=s={args.size}:r=30:d={args.seconds}",
                      "-f", "lavfi", "-i", f"sine=d={args.seconds}:r=48000", "-c:v", "libx264", "-preset", "ultrafast",
-                     "-c:a", "aac", "-shortest", "-y", str(clip)], timeout=600)
+                     "-c:a", "aac", "-shortest", "-y", str(clip)], timeout=600,
+                    confinement=Confinement(write=(str(clip.parent),)))
         req = parse_request({"name": "bench", "input": {"path": str(clip.parent)},
                              "output": {"path": str(folder / "out"), "extension": args.ext, "file_options": args.options}})
         ctx = WorkContext.for_request(req, work_dir=folder)
@@ -52,7 +54,7 @@ def main() -> None:
         names = list(ways)
         for r in range(args.rounds):
             for name in names[r % 2:] + names[:r % 2]:
-                res = run_process(ways[name], timeout=3600)
+                res = run_process(ways[name], timeout=3600, confinement=Confinement(read=(str(clip),), write=(str(folder),)))
                 if res.returncode != 0:
                     sys.exit(f"ffmpeg failed ({name}): {res.stderr[-500:]}")
                 cpu[name] += res.cpu_seconds

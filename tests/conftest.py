@@ -18,6 +18,9 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.pop("AWS_PROFILE", None)
 os.environ["AWS_DEFAULT_REGION"] = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+# Several tests stand in for FFmpeg with a Python script; in ffleet's sandbox the script's
+# interpreter must be readable and executable. The containment tests remove this again.
+os.environ["FFLEET_SANDBOX_LIBS"] = os.pathsep.join(dict.fromkeys([sys.base_prefix, sys.prefix]))
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300, **kw) -> subprocess.CompletedProcess:

@@ -1,4 +1,5 @@
 """The worker with real FFmpeg: good files convert and verify; each kind of bad file fails alone, with a reason."""
+import os
 import shutil
 import subprocess
 import stat
@@ -99,8 +100,9 @@ def _fake_ffmpeg(tmp_path, body: str) -> Path:
     return script
 
 
-def test_ffmpeg_exit_0_with_header_only_output_is_a_failure(tmp_path, tone_cache):
+def test_ffmpeg_exit_0_with_header_only_output_is_a_failure(tmp_path, tone_cache, monkeypatch):
     # What FFmpeg did here with an m4a read from a pipe: exit 0 after writing a header-only file.
+    monkeypatch.setenv("FFLEET_SANDBOX_LIBS", os.environ["FFLEET_SANDBOX_LIBS"] + os.pathsep + str(tmp_path))
     header_only = tmp_path / "header.m4a"
     from ffleet.demo import make_tone
     good = make_tone(tmp_path / "g.m4a", 1.0)
@@ -113,8 +115,9 @@ def test_ffmpeg_exit_0_with_header_only_output_is_a_failure(tmp_path, tone_cache
 
 
 def test_hung_ffmpeg_is_killed_at_timeout(tmp_path, tone_cache):
-    # an input looped forever never ends: a real hang, not a fake
-    ctx = make_ctx(tmp_path, input_options="-stream_loop -1", timeout_seconds_per_file=2)
+    # an input looped 100 times and read in real time runs 101 s: a real hang, not a fake
+    # (the policy refuses an endless loop, -stream_loop -1)
+    ctx = make_ctx(tmp_path, input_options="-re -stream_loop 100", timeout_seconds_per_file=2)
     r = process_item(ctx, put(tmp_path, "loop.wav", tone_cache(".wav", 1.0)))
     assert (r.status, r.reason) == (FAILED, "timeout"), r
     assert not (tmp_path / "out" / "loop.flac").exists()
@@ -231,7 +234,7 @@ def test_iter_chunks_streams_an_object_and_names_what_is_missing(tmp_path, backe
     with pytest.raises(NotFound, match="missing.bin does not exist"):
         list(store.iter_chunks("missing.bin"))
     if backend == "local":  # a key may not lead out of the folder
-        with pytest.raises(StorageError, match="escapes"):
+        with pytest.raises(StorageError, match="'..' path segment"):
             list(store.iter_chunks("../outside.bin"))
 
 

@@ -54,6 +54,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from ffleet import sandbox
 from ffleet.ffmpeg import InputInfo, parse_input_info, parse_time
 from ffleet.policy import option_pairs
 
@@ -178,8 +179,8 @@ def encoder_formats(ffmpeg: str, encoder: str) -> dict[str, str] | None:
     not know the encoder. Cached: asked once per encoder and binary.
     """
     try:
-        res = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-h", f"encoder={encoder}"],
-                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        res = subprocess.run([*sandbox.prefix(sandbox.Confinement()), ffmpeg, "-hide_banner", "-nostdin", "-h", f"encoder={encoder}"],
+                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, env=sandbox.child_env())
     except (OSError, subprocess.TimeoutExpired):
         return None
     # for a codec name, FFmpeg lists each encoder; the first is the one it uses

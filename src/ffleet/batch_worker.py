@@ -21,7 +21,10 @@ from ffleet.results import (
     INFRA_REASONS, NOT_DONE, RECORDS_DIR, SKIPPED, SUCCEEDED, ItemResult, SummaryBuilder, read_records,
 )
 from ffleet.runner import stop_on_signals
-from ffleet.storage import Forbidden, ListedObject, NotFound, S3Storage, StorageError, s3_client, split_s3_uri
+from ffleet.sandbox import SandboxRequired
+from ffleet.storage import (
+    Forbidden, ListedObject, MissingBucket, NotFound, S3Storage, StorageError, s3_client, split_s3_uri,
+)
 from ffleet.worker import WorkContext, default_workers, run_items
 
 # Exit codes. Batch's retryStrategy and Step Functions' Retry can tell them apart:
@@ -138,7 +141,14 @@ def load_batch(env: Mapping[str, str], client=None) -> BatchOfItems:
         data = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidBatch(f"{source}: not valid JSON: {exc}") from None
-    return parse_batch(data, source)
+    except RecursionError:
+        raise InvalidBatch(f"{source}: nested too deeply to be a batch") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise InvalidBatch(f"{source}: not a usable JSON document: {exc}") from None
+    try:
+        return parse_batch(data, source)
+    except RecursionError:
+        raise InvalidBatch(f"{source}: nested too deeply to be a batch") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +291,22 @@ def run_batch(
     results = S3Storage(bucket, client)
     previous = read_previous_records(results, records_key)
     work_dir = Path(tempfile.mkdtemp(prefix="ffleet-worker-"))
-    ctx = WorkContext.for_request(batch.request, work_dir=work_dir, client=results.client)
+    try:
+        ctx = WorkContext.for_request(batch.request, work_dir=work_dir, client=results.client)
+    except SandboxRequired as exc:  # this host cannot confine FFmpeg: no retry on it will either
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise InvalidBatch(str(exc)) from exc
+    try:
+        # before the first conversion: a missing output bucket was found only after every file
+        # had been converted (and then failed each one alone). A batch with nothing to write skips it.
+        if batch.items:
+            ctx.output_store.check_writable(batch.request.output.s3_prefix)
+    except (MissingBucket, Forbidden) as exc:  # a retry of the job meets the same bucket and policy
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise InvalidBatch(f"the output location cannot be written: {exc}") from None
+    except StorageError as exc:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise BatchError(f"the output location cannot be written: {exc}") from None
     state = _BatchState()
     all_done = threading.Event()
 
@@ -344,6 +369,7 @@ def run_batch(
     log(
         "INFO", "batch started", event="batch_start", files_in_batch=len(batch.items), ignored_keys=batch.ignored,
         workers=workers, records=batch.records_uri, earlier_records=len(previous) or None,
+        sandbox=ctx.sandbox.to_dict(),
     )
     threading.Thread(target=watchdog, name="ffleet-stop-watchdog", daemon=True).start()
     consecutive = 0

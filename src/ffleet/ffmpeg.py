@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from ffleet import sandbox
+from ffleet.sandbox import Confinement
+
 
 @dataclass(frozen=True)
 class Binaries:
@@ -92,31 +95,20 @@ def _kill(proc: subprocess.Popen) -> None:
         pass
 
 
-@lru_cache(maxsize=1)
-def _die_with_parent_prefix() -> tuple[str, ...]:
-    """argv prefix that makes the child get SIGKILL when ffleet dies (Linux PR_SET_PDEATHSIG).
-
-    Without it a SIGKILLed `ffleet run` leaves its FFmpegs running in their own sessions, and a
-    hung one forever, because the timeout timer died with ffleet. util-linux's setpriv sets the
-    flag and execs FFmpeg in place (same pid, the flag survives exec). A preexec_fn calling prctl
-    would do the same but forces fork() instead of vfork(): measured 2-3x slower per tiny file.
-    FFLEET_NO_PDEATHSIG=1 turns it off; without setpriv (macOS) there is no prefix.
-    """
-    setpriv = shutil.which("setpriv")
-    if not sys.platform.startswith("linux") or not setpriv or os.environ.get("FFLEET_NO_PDEATHSIG") == "1":
-        return ()
-    return (setpriv, "--pdeathsig", "KILL", "--")
-
-
 def run_process(
     argv: list[str],
     timeout: float,
     registry: ProcessRegistry | None = None,
     capture_stdout: bool = False,
     stderr_limit: int = 64_000,
-    die_with_parent: bool = True,
+    confinement: Confinement | None = None,
 ) -> ProcessResult:
     """Run argv (never through a shell) with a hard timeout; returns its CPU time from wait4().
+
+    The process runs in ffleet's kernel sandbox (ffleet.sandbox), allowed to read only what
+    `confinement` names and write only inside its folders (nothing, by default), with no sockets,
+    no child processes, and SIGKILL when ffleet dies: a SIGKILLed `ffleet run` would otherwise leave
+    its FFmpegs running, a hung one forever, because the timeout timer died with ffleet.
 
     stderr goes to an unlinked temp file rather than a pipe, so a chatty process can never block
     on a full pipe, and only the tail is kept: memory does not grow with the length of the log.
@@ -126,8 +118,9 @@ def run_process(
     start = time.monotonic()
     with tempfile.TemporaryFile() as err_file:
         proc = subprocess.Popen(
-            [*(_die_with_parent_prefix() if die_with_parent else ()), *argv],
+            [*sandbox.prefix(confinement or Confinement()), *argv],
             stdin=subprocess.DEVNULL,
+            env=sandbox.child_env(),
             stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
             stderr=err_file,
             start_new_session=True,  # own process group, so a kill reaches ffmpeg's children too
@@ -273,19 +266,22 @@ def probe(
     path: Path, binaries: Binaries, timeout: float = 60, registry: ProcessRegistry | None = None,
     untrusted: bool = False,
 ) -> tuple[dict | None, ProcessResult]:
-    """ffprobe a local file; returns (json or None, process result). `untrusted`: a user's input."""
+    """ffprobe a local file; returns (json or None, process result). `untrusted`: a user's input.
+
+    Every file is read with the inputs' whitelists, ffleet's own outputs too: the user's options
+    choose what FFmpeg writes, and an output whose bytes form a playlist (`-f u8` copying an input
+    that is one) made ffprobe open the local file it listed and verify that as the output.
+    """
     result = run_process(
         [
             binaries.ffprobe, "-v", "error", "-hide_banner", "-print_format", "json",
             "-show_entries", "format=duration,format_name,size,bit_rate:stream=codec_type,codec_name,sample_rate,channels,duration",
-            *(input_guard() if untrusted else []), str(path),
+            *input_guard(), str(path),
         ],
         timeout=timeout,
         registry=registry,
         capture_stdout=True,
-        # Probing ffleet's own finished output takes milliseconds and cannot hang on a hostile
-        # file, so it skips the setpriv exec (measured 1-2 ms CPU per start); a user's input can.
-        die_with_parent=untrusted,
+        confinement=Confinement(read=(str(path),)),
     )
     if result.returncode != 0:
         return None, result

@@ -4,6 +4,9 @@ from __future__ import annotations
 import posixpath
 import sqlite3
 from pathlib import Path
+from typing import Iterable, Iterator
+
+from ffleet.storage import ListedObject
 
 
 def output_key(input_key: str, prefix: str = "", suffix: str = "", extension: str | None = None) -> str:
@@ -49,6 +52,28 @@ class OutputClaims:
         self.db = sqlite3.connect(str(folder / "output-claims.sqlite"), check_same_thread=False)
         self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                               "CREATE TABLE IF NOT EXISTS claim(output TEXT PRIMARY KEY, input TEXT)")
+
+    def hold_inputs(self, items: Iterable[ListedObject]) -> Iterator[ListedObject]:
+        """Store every input of the run first, then yield them back in order, so that is_input
+        knows them all before the first output is written.
+
+        Needed where outputs share the inputs' bucket (a manifest can name any key there): an
+        output key may be another input's key, or the input's own (`overwrite: true` replaced an
+        input with its transcode). On disk, not in memory: 1.2 million 50-byte keys took 5.0 s of
+        CPU and 140 MB to store and read back, and a look-up 9.5 us (one conversion costs more).
+        """
+        self.db.execute("CREATE TABLE IF NOT EXISTS item(n INTEGER PRIMARY KEY, key TEXT, size INTEGER)")
+        with self.db:
+            self.db.executemany("INSERT INTO item(key, size) VALUES (?, ?)", ((o.key, o.size) for o in items))
+        self.db.execute("CREATE INDEX IF NOT EXISTS item_key ON item(key)")
+        self._holding = True
+        for key, size in self.db.execute("SELECT key, size FROM item ORDER BY n"):
+            yield ListedObject(key, size)
+
+    def is_input(self, key: str) -> bool:
+        """Whether key is an input of the run (only known after hold_inputs)."""
+        return bool(getattr(self, "_holding", False)) and self.db.execute(
+            "SELECT 1 FROM item WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
 
     def claim(self, output_key: str, input_key: str) -> str | None:
         """Claim output_key for input_key; the input that already holds it, if another."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import codecs
-import csv
 import itertools
 import json
 import posixpath
@@ -12,12 +11,13 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _json_string  # a JSON string literal, non-ASCII kept
 from typing import IO, Any, Iterable, Iterator
 
-from ffleet.inventory import KEY_FIELDS, item_key
-from ffleet.request import JobRequest, RequestError, parse_request
+from ffleet.inventory import KEY_FIELDS, ManifestError, csv_manifest_keys, item_key, looks_like_json_lines
+from ffleet.joblimits import StackLimits
+from ffleet.request import MAX_REQUEST_BYTES, JobRequest, RequestError, parse_request
 from ffleet.results import REQUEST_FILE
 from ffleet.trigger import (
-    MANIFEST_TYPES, REJECTED_SUFFIX, StartOutcome, check_cloud_request, execution_input, execution_name,
-    handle_s3_event, s3_records, start_execution,
+    MANIFEST_TYPES, REJECTED_SUFFIX, StartOutcome, check_cloud_request, check_stack_buckets, execution_input,
+    execution_name, handle_s3_event, s3_records, start_execution,
 )
 
 JOBS_PREFIX = "jobs/"
@@ -27,20 +27,19 @@ DEFAULT_REQUEST_PARAMETER = "DefaultRequest"
 # the state machine reads them from there (it may not read the trigger bucket), and the run keeps
 # the exact list it was started with even if the dropped file is replaced.
 RUN_KEYS_FILE = "input-keys.jsonl"
-# A request becomes the execution's input, which Step Functions limits to 256 KiB.
-MAX_REQUEST_BYTES = 256 * 1024
 # The start function holds each distinct key once (the duplicate check): about 170 MB per million keys
 # of 50 characters, measured; the template gives it 2048 MB. A longer list goes in a request's input.manifest.
 MAX_MANIFEST_KEYS = 5_000_000
 MAX_KEY_BYTES = 1024  # S3's limit: a longer "key" means the file is not a list of keys
-# Header cells that name the key column (compared case-insensitively): the names inventory.py reads.
-KEY_COLUMNS = frozenset(f.lower() for f in KEY_FIELDS)
 # Where a failed-files.jsonl line names its run (results.failed_manifest_line).
 RUN_FIELD = "run"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 # Input fields a manifest run fills in itself; the default request may only set the others.
 _SOURCE_FIELDS = ("s3_bucket", "s3_prefix", "manifest", "path")
 _CHUNK = 1 << 20
+# JSON allows these raw in a string, but line-splitting readers (str.splitlines, perhaps Step Functions'
+# JSONL reader) end a line at them: escape them in the run's keys file.
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 MANIFEST_FORMATS = (
     ".csv (a header row with a 'key' column, or one key per line without a header), "
     '.jsonl or .ndjson (one {"key": "..."} object per line)'
@@ -98,78 +97,14 @@ def text_lines(body, source: str) -> Iterator[str]:
         yield rest
 
 
-def _blank(cells: list[str]) -> bool:
-    return not any(map(str.strip, cells))
-
-
 def csv_keys(lines: Iterable[str], source: str) -> Iterator[tuple[int, str, str | None]]:
-    """(line, key, None) for each key of a CSV manifest, by the rules `ffleet run` reads one with.
-
-    The first non-blank line is a header when one of its cells is 'key' (any case; s3_key and
-    object_key too): that column holds the keys (RFC 4180: a key holding a comma or a quote is quoted,
-    '""' is a quote), other columns are ignored, and rows with that cell empty are skipped. Otherwise
-    every non-blank line is one key, the first included, taken whole (commas and quotes included),
-    except that a line that is exactly one quoted field is unquoted.
-    """
-    it = iter(lines)
-    n = 0
-    for first in it:
-        n += 1
-        if first.strip():
-            break
-    else:
-        return
-    header = _one_row(_line_text(first))
-    names = [c.strip().lower() for c in header or []]
-    column = next((i for i, c in enumerate(names) if c in KEY_COLUMNS), None)
-    if column is None:
-        yield from _key_lines(itertools.chain([first], it), n)
-    else:
-        yield from _key_column(it, column, len(names), source, n)
-
-
-def _line_text(line: str) -> str:
-    return line[:-1].removesuffix("\r") if line.endswith("\n") else line
-
-
-def _one_row(line: str) -> list[str] | None:
+    """(line, key, None) for each key of a CSV manifest, by the rules `ffleet run` reads one with
+    (inventory.csv_manifest_keys: a header row with a 'key' column in any case, or one key per line)."""
     try:
-        return next(csv.reader([line], strict=True), None)
-    except csv.Error:
-        return None
-
-
-def _key_lines(lines: Iterable[str], first_line: int) -> Iterator[tuple[int, str, str | None]]:
-    for n, line in enumerate(lines, first_line):
-        key = _line_text(line)
-        if not key.strip():
-            continue
-        if len(key) >= 2 and key[0] == '"' and key[-1] == '"':
-            row = _one_row(key)
-            if row is not None and len(row) == 1:
-                key = row[0]
-        yield n, key, None
-
-
-def _key_column(lines: Iterable[str], column: int, width: int, source: str, header_line: int
-                ) -> Iterator[tuple[int, str, str | None]]:
-    reader = csv.reader(lines, strict=True)
-    try:
-        for row in reader:
-            n = header_line + reader.line_num
-            if _blank(row):
-                continue
-            if len(row) > width:
-                # an unquoted comma in a key: 'c,d.wav' under a one-column header reads as 'c'
-                raise _line_problem(source, n, f"has {len(row)} fields, but the header has {width}; "
-                                    'quote a key holding a comma as "c,d.wav"')
-            if column < len(row) and row[column].strip():
-                yield n, row[column], None
-    except csv.Error as exc:
-        # strict: a quote left open is an error, never a field that swallows the lines after it
-        raise _line_problem(source, header_line + reader.line_num,
-                            f'is not valid CSV ({exc}); quote a key holding a comma or a quote as "c,d.wav" '
-                            '(a quote doubled: "")') from None
+        for n, key in csv_manifest_keys(lines, source):
+            yield n, key, None
+    except ManifestError as exc:
+        raise _line_problem(source, exc.line or 0, exc.reason) from None
 
 
 def jsonl_keys(lines: Iterable[str], source: str) -> Iterator[tuple[int, str, str | None]]:
@@ -206,11 +141,19 @@ def write_run_keys(body, kind: str, source: str, out: IO[bytes]) -> ManifestKeys
     Keys are taken exactly as the file spells them (S3 URL-encodes only the event's key, never the
     file's content). Memory grows with the number of distinct keys, for the duplicate check.
     """
+    text = text_lines(body, source)
+    head: list[str] = []
+    for line in text:
+        head.append(line)
+        if line.strip():
+            break
+    if kind == "csv" and head and looks_like_json_lines(head[-1]):
+        kind = "jsonl"  # as `ffleet run` reads it (inventory.parse_manifest): JSON Lines, whatever the name
     parse = csv_keys if kind == "csv" else jsonl_keys
     found = ManifestKeys()
     seen: set[str] = set()
     lines: list[str] = []
-    for n, key, run in parse(text_lines(body, source), source):
+    for n, key, run in parse(itertools.chain(head, text), source):
         # a UTF-8 character takes at most 4 bytes: only a long key needs encoding to be measured
         if len(key) * 4 > MAX_KEY_BYTES and len(key.encode("utf-8")) > MAX_KEY_BYTES:
             raise _line_problem(source, n, f"names a key longer than S3's {MAX_KEY_BYTES} bytes")
@@ -223,7 +166,8 @@ def write_run_keys(body, kind: str, source: str, out: IO[bytes]) -> ManifestKeys
             raise Rejected([("(file)", f"{source} names more than {MAX_MANIFEST_KEYS:,} keys")],
                            f"split it into several manifests, or put it in the input bucket and drop a request under "
                            f'{JOBS_PREFIX} whose input is {{"s3_bucket": "<input bucket>", "manifest": "s3://<input bucket>/<key>"}}')
-        lines.append('{"key": ' + _json_string(key) + "}\n")
+        literal = _json_string(key)
+        lines.append('{"key": ' + (literal if literal.isascii() else literal.translate(_LINE_BREAKS)) + "}\n")
         if len(lines) >= 10_000:
             out.write("".join(lines).encode("utf-8"))
             lines.clear()
@@ -292,14 +236,17 @@ def recorded_request_dict(s3, results_bucket: str, run: str, source: str) -> dic
     return data
 
 
-def manifest_request(base: dict[str, Any], bucket: str, manifest_uri: str) -> JobRequest:
-    """base with its source replaced: the keys of manifest_uri, in bucket. Other input options stay."""
+def manifest_request(base: dict[str, Any], bucket: str, manifest_uri: str, *, input_bucket: str = "",
+                     output_bucket: str = "", results_bucket: str = "") -> JobRequest:
+    """base with its source replaced: the keys of manifest_uri, in bucket. Other input options stay.
+    Held to the stack's buckets as a request under jobs/ is (manifest_uri lives in the results bucket)."""
     data = dict(base)
     inp = {k: v for k, v in (data.get("input") or {}).items() if k not in _SOURCE_FIELDS}
     data["input"] = {**inp, "s3_bucket": bucket, "manifest": manifest_uri}
     data.pop("results", None)  # a run's results always live in the stack's results bucket
     request = parse_request(data)
     check_cloud_request(request)
+    check_stack_buckets(request, input_bucket=input_bucket, output_bucket=output_bucket, results_bucket=results_bucket)
     return request
 
 
@@ -329,7 +276,8 @@ def _misplaced(key: str) -> Rejected | None:
 
 
 def handle_trigger_event(event: dict[str, Any], *, s3, sfn, state_machine_arn: str, results_bucket: str,
-                         input_bucket: str = "", default_request: str = "", log=None) -> StartOutcome:
+                         input_bucket: str = "", output_bucket: str = "", limits: StackLimits | None = None,
+                         default_request: str = "", log=None) -> StartOutcome:
     """Every record of an S3 ObjectCreated event on the trigger bucket: a request under jobs/, a
     manifest under manifests/, or something that gets a .rejected.json saying why it starts nothing."""
     outcome = StartOutcome()
@@ -346,6 +294,8 @@ def handle_trigger_event(event: dict[str, Any], *, s3, sfn, state_machine_arn: s
         problem = _misplaced(key)
         if problem is None and size == 0:
             problem = Rejected([("(file)", f"{uri} is empty")], "upload the file again with its content")
+        # trigger.handle_s3_event refuses an oversized request too, after reading its first bytes; the
+        # event's size answers before any download, and says where a long list of keys belongs
         if problem is None and kind == "request" and isinstance(size, int) and size > MAX_REQUEST_BYTES:
             problem = Rejected([("(file)", f"{uri} is {size} bytes; a request may be at most {MAX_REQUEST_BYTES} "
                                  "(Step Functions' input limit). A long list of keys belongs in a manifest")],
@@ -355,20 +305,23 @@ def handle_trigger_event(event: dict[str, Any], *, s3, sfn, state_machine_arn: s
             continue
         if kind == "request":
             done = handle_s3_event({"Records": [raw]}, s3=s3, sfn=sfn, state_machine_arn=state_machine_arn,
-                                   results_bucket=results_bucket, log=log)
+                                   results_bucket=results_bucket, log=log, input_bucket=input_bucket,
+                                   output_bucket=output_bucket, limits=limits)
             for name in ("started", "already_running", "rejected", "ignored"):
                 getattr(outcome, name).extend(getattr(done, name))
             continue
         try:
             start_manifest_run(rec, s3=s3, sfn=sfn, state_machine_arn=state_machine_arn, results_bucket=results_bucket,
-                               input_bucket=input_bucket, default_request=default_request, outcome=outcome, log=log)
+                               input_bucket=input_bucket, output_bucket=output_bucket, limits=limits,
+                               default_request=default_request, outcome=outcome, log=log)
         except Rejected as exc:
             _reject(s3, outcome, bucket, key, "manifest", exc, exc.hint, log)
     return outcome
 
 
 def start_manifest_run(rec: dict[str, str], *, s3, sfn, state_machine_arn: str, results_bucket: str, input_bucket: str,
-                       default_request: str, outcome: StartOutcome, log=None) -> None:
+                       default_request: str, outcome: StartOutcome, output_bucket: str = "",
+                       limits: StackLimits | None = None, log=None) -> None:
     """One manifest: check it, write its keys into the run's prefix, start the run (once per version)."""
     bucket, key = rec["bucket"], rec["key"]
     uri = f"s3://{bucket}/{key}"
@@ -400,7 +353,8 @@ def start_manifest_run(rec: dict[str, str], *, s3, sfn, state_machine_arn: str, 
         name = execution_name(label, bucket, key, rec["version"] or rec["etag"])
         keys_key = f"runs/{name}/{RUN_KEYS_FILE}"
         try:
-            request = manifest_request(base, source_bucket, f"s3://{results_bucket}/{keys_key}")
+            request = manifest_request(base, source_bucket, f"s3://{results_bucket}/{keys_key}", input_bucket=input_bucket,
+                                       output_bucket=output_bucket, results_bucket=results_bucket)
         except RequestError as exc:
             raise Rejected([(f"{origin}: {f}", m) for f, m in exc.problems], fix) from None
         keys_file.seek(0)
@@ -409,7 +363,7 @@ def start_manifest_run(rec: dict[str, str], *, s3, sfn, state_machine_arn: str, 
         s3.put_object(Bucket=results_bucket, Key=keys_key, Body=keys_file, ContentType="application/x-ndjson")
     trigger = {"type": "s3-manifest", "bucket": bucket, "key": key, "version": rec["version"], "etag": rec["etag"],
                "keys": found.count, "duplicate_keys": found.duplicates, "redrive_of": next(iter(runs), "")}
-    arn, fresh = start_execution(sfn, state_machine_arn, name, execution_input(request, name, results_bucket, trigger))
+    arn, fresh = start_execution(sfn, state_machine_arn, name, execution_input(request, name, results_bucket, trigger, limits))
     entry = {"manifest": uri, "execution_arn": arn, "keys": found.count}
     (outcome.started if fresh else outcome.already_running).append(entry)
     if log:

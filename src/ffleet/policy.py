@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Iterator
+
+from ffleet import shellwords
 
 
 class OptionPolicyError(ValueError):
@@ -19,6 +20,10 @@ class OptionPolicyError(ValueError):
 # An allowlist, not a denylist: anything not here is refused, because FFmpeg has many options that
 # read or write files (-vstats_file, -passlogfile, -dump_attachment, -attach, -report, -progress,
 # -sdp_file, -filter_script, -fpre ...) and new ones appear with each release.
+# The arity is FFmpeg's, not a guess: tests/test_policy_ffmpeg.py asks the command-line parser of
+# every FFmpeg build present whether each flag consumes the next token, and fails on any
+# disagreement (-apad was once marked valueless, so its value's neighbour became an extra output).
+# A flag that a build lacks makes that build refuse the whole command line, so it needs no entry.
 ALLOWED_FLAGS: dict[str, bool] = {
     # global
     "loglevel": True, "v": True, "hide_banner": False, "threads": True, "filter_threads": True,
@@ -46,7 +51,7 @@ ALLOWED_FLAGS: dict[str, bool] = {
     "global_quality": True, "x264-params": True, "x265-params": True, "spatial-aq": True,
     "temporal-aq": True, "b_ref_mode": True, "multipass": True, "rc-lookahead": True,
     "f": True, "af": True, "vf": True, "filter": True, "filter_complex": True, "lavfi": True,
-    "timecode": True, "apad": False,
+    "timecode": True, "apad": True,
 }
 
 FILTER_FLAGS = {"af", "vf", "filter", "filter_complex", "lavfi"}
@@ -81,6 +86,17 @@ FORBIDDEN_FORMATS = {
 }
 _FORMAT_NAME = re.compile(r"^[A-Za-z0-9_]+(,[A-Za-z0-9_]+)*$")
 
+# FFmpeg picks the output muxer from the output name's extension (case-insensitively), so these
+# extensions choose a forbidden muxer as surely as -f does: the "Common extensions" that FFmpeg's
+# `-h muxer=NAME` lists for hls, dash, webm_chunk, webm_dash_manifest and image2 (one file per
+# frame, or a %d pattern). tests/test_policy_ffmpeg.py re-reads them from every build present.
+FORBIDDEN_OUTPUT_EXTENSIONS = {
+    "m3u8", "mpd", "chk", "xml",
+    "bmp", "dpx", "exr", "jls", "jpeg", "jpg", "jxl", "jxs", "ljpg", "pam", "pbm", "pcx", "pfm", "pgm",
+    "pgmyuv", "phm", "png", "ppm", "sgi", "tga", "tif", "tiff", "jp2", "j2c", "j2k", "xwd", "sun", "ras",
+    "rs", "im1", "im8", "im24", "sunras", "vbn", "xbm", "xface", "pix", "y", "avif", "qoi", "hdr", "wbmp",
+}
+
 # Names of FFmpeg protocols that a value could smuggle in as "proto:..." (the '://' forms are
 # caught separately). "pipe:" and "fd:" would talk to ffleet's own standard streams.
 _PROTOCOLS = (
@@ -92,12 +108,65 @@ _PROTOCOLS = (
 # "proto,,opt,val,,:" is FFmpeg's syntax for protocol options in a URL (e.g. subfile,,start,0,,:path)
 _PROTOCOL_PATTERN = re.compile(r"(?:^|[^A-Za-z0-9_])(" + "|".join(_PROTOCOLS) + r")(?::|,,)", re.I)
 
-# Keys of -x264-params / -x265-params that read or write files.
-_ENCODER_PARAM_FILE_KEYS = re.compile(
-    r"(^|:)(stats|qpfile|csv|dump-yuv|analysis-save|analysis-load|recon|zonefile|lambda-file|"
-    r"scaling-list|dolby-vision-rpu|tune-file|csv-log-level)=",
-    re.I,
-)
+# Keys of -x264-params / -x265-params that may pass, after x264's and x265's own normalisation
+# ('_' read as '-', a "no"/"no-" prefix negating a boolean). An allowlist, not a denylist: each
+# release adds keys, and many read or write files (stats, pass, qpfile, cqmfile, dump-yuv,
+# opencl-clbin, analysis-save/-load, csv, recon, zonefile, lambda-file, scaling-list,
+# dolby-vision-rpu ...). Thread and pool counts are left out too: -threads is capped instead.
+ENCODER_PARAM_KEYS = frozenset({
+    # rate control
+    "crf", "crf-max", "qp", "bitrate", "vbv-maxrate", "vbv-bufsize", "vbv-init", "qpmin", "qpmax", "qpstep",
+    "ratetol", "ipratio", "pbratio", "qcomp", "qblur", "cplxblur", "cbqpoffs", "crqpoffs", "chroma-qp-offset",
+    "aq-mode", "aq-strength", "mbtree", "cutree", "rc-lookahead", "lookahead-slices", "nr", "nr-intra", "nr-inter",
+    # frame types and references
+    "keyint", "min-keyint", "scenecut", "intra-refresh", "open-gop", "radl", "bframes", "b-adapt", "b-bias",
+    "bframe-bias", "b-pyramid", "b-intra", "ref", "frameref", "weightb", "weightp", "direct", "direct-pred",
+    "mixed-refs", "limit-refs", "temporal-layers",
+    # analysis
+    "partitions", "analyse", "8x8dct", "me", "merange", "mvrange", "subme", "psy", "psy-rd", "psy-rdoq",
+    "rdoq-level", "rd", "trellis", "fast-pskip", "dct-decimate", "deadzone-inter", "deadzone-intra", "chroma-me",
+    "ctu", "min-cu-size", "max-tu-size", "tu-intra-depth", "tu-inter-depth", "limit-modes", "limit-tu", "rect",
+    "amp", "early-skip", "rskip", "fast-intra", "tskip", "signhide", "ssim-rd", "strong-intra-smoothing",
+    "constrained-intra", "deblock", "nf", "filter", "sao", "sao-non-deblock", "selective-sao", "wpp", "cqm",
+    # bitstream and signalling
+    "cabac", "cabac-idc", "slices", "slice-max-size", "slice-max-mbs", "slice-min-mbs", "slices-max",
+    "interlaced", "tff", "bff", "fake-interlaced", "pic-struct", "frame-packing", "level", "level-idc",
+    "high-tier", "aud", "repeat-headers", "annexb", "hrd", "nal-hrd", "filler", "info", "force-cfr",
+    "bluray-compat", "uhd-bd", "avcintra-class", "stitchable", "deterministic", "fps", "sar", "overscan",
+    "videoformat", "fullrange", "range", "colorprim", "transfer", "colormatrix", "chromaloc",
+    "alternative-transfer", "mastering-display", "master-display", "cll", "max-cll", "hdr10", "hdr10-opt",
+    "hdr-opt", "crop-rect", "log", "log-level", "psnr", "ssim",
+})
+
+# Resource caps. A thread count above the usable CPUs only adds contention (ffleet already runs one
+# FFmpeg per CPU), and a huge one exhausts memory and the process table. 384 kHz is the highest
+# sample rate in use (DXD and studio converters); 64 channels is the most FFmpeg's native channel
+# masks hold and 7th-order ambisonics needs. 8192 pixels a side covers DCI 8K (8192x4320); an
+# 8192x8192 frame already takes 256 MiB in 32-bit RGBA. A looped input multiplies the work: an
+# endless loop (-1) only ends at the timeout, so the loop count is capped too.
+THREAD_FLAGS = ("threads", "filter_threads", "filter_complex_threads")
+MAX_SAMPLE_RATE = 384_000
+MAX_CHANNELS = 64
+MAX_FRAME_SIDE = 8192
+MAX_STREAM_LOOP = 100
+# filter options holding a sample rate (or a '|' list of them), and filters whose first positional
+# value is one
+_RATE_OPTIONS = {"sample_rate", "sample_rates", "out_sample_rate", "osr", "in_sample_rate", "isr"}
+_RATE_FIRST_FILTERS = {"aresample", "asetrate"}
+# filter options holding a channel layout (or a '|' list of them), and filters whose first positional
+# value is one
+_LAYOUT_OPTIONS = {"channel_layout", "channel_layouts", "cl", "ch_layout", "out_channel_layout", "ocl", "ochl"}
+_LAYOUT_FIRST_FILTERS = {"pan", "aformat"}
+_SIZE_KEYS = {"w", "h", "width", "height", "ow", "oh"}
+_SIZE_FIRST_FILTERS = {"scale", "pad", "scale_cuda", "scale_npp", "scale_vaapi", "scale_qsv"}
+
+_WHITESPACE = " \n\t\r"
+
+
+def usable_cpus() -> int:
+    from ffleet.cpus import usable_cpus as count  # a leaf module: policy stays at the bottom of the imports
+
+    return count()
 
 
 def _flag_base(token: str) -> str:
@@ -118,11 +187,108 @@ def option_pairs(tokens: list[str]) -> Iterator[tuple[str, str | None]]:
         i += 2 if takes_value else 1
 
 
+def _av_get_token(text: str, pos: int, seps: str) -> tuple[str, int]:
+    """FFmpeg's av_get_token: from pos up to an unquoted, unescaped separator, with leading and
+    unescaped trailing whitespace dropped, '\\x' read as x and '...' as its literal content."""
+    while pos < len(text) and text[pos] in _WHITESPACE:
+        pos += 1
+    out: list[str] = []
+    keep = 0  # out[:keep] is escaped or quoted text: never trimmed
+    while pos < len(text) and text[pos] not in seps:
+        ch = text[pos]
+        pos += 1
+        if ch == "\\" and pos < len(text):
+            out.append(text[pos])
+            pos += 1
+            keep = len(out)
+        elif ch == "'":
+            end = text.find("'", pos)
+            out.extend(text[pos:] if end < 0 else text[pos:end])
+            if end >= 0:
+                pos = end + 1
+                keep = len(out)
+            else:
+                pos = len(text)
+        else:
+            out.append(ch)
+    while len(out) > keep and out[-1] in _WHITESPACE:
+        out.pop()
+    return "".join(out), pos
+
+
+def _whole_number(where: str, value: str, kilo: bool = False) -> int:
+    """A plain whole number ('48000', or with kilo '44.1k'). FFmpeg would also evaluate expressions
+    and SI forms ('1e9', '1G'): those are refused rather than second-guessed."""
+    text = value.strip()
+    m = re.fullmatch(r"(\d{1,6}(?:\.\d{1,3})?)k", text) if kilo else None
+    if m:
+        return round(float(m.group(1)) * 1000)
+    if not re.fullmatch(r"\d{1,9}", text):
+        raise OptionPolicyError(value, f"{where} takes a plain whole number")
+    return int(text)
+
+
+def _check_threads(flag: str, value: str) -> None:
+    if value.strip() == "auto" and _flag_base(flag) == "threads":
+        return
+    cap = usable_cpus()
+    if _whole_number(flag, value) > cap:
+        raise OptionPolicyError(value, f"{flag} is capped at the {cap} CPUs this machine may use")
+
+
+def _check_sample_rates(where: str, value: str) -> None:
+    """One sample rate, or a '|' list of them (aformat's sample_rates)."""
+    for rate in value.split("|"):
+        if _whole_number(where, rate, kilo=True) > MAX_SAMPLE_RATE:
+            raise OptionPolicyError(value, f"{where}: sample rates above {MAX_SAMPLE_RATE} Hz are not allowed")
+
+
+def _layout_channels(layout: str) -> int:
+    """The channels a layout names, where its text gives a count: '65c' or 'ambisonic 9'."""
+    count = 0
+    for m in re.finditer(r"(\d+)\s*c\b|ambisonic\s*(\d+)", layout, re.I):
+        count = max(count, int(m.group(1)) if m.group(1) else (int(m.group(2)) + 1) ** 2)
+    return count
+
+
+def _check_layouts(where: str, value: str) -> None:
+    if _layout_channels(value) > MAX_CHANNELS:
+        raise OptionPolicyError(value, f"{where}: more than {MAX_CHANNELS} channels are not allowed")
+
+
+def _check_frame_sizes(where: str, value: str) -> None:
+    for w, h in re.findall(r"(\d+)\s*x\s*(\d+)", value):
+        if max(int(w), int(h)) > MAX_FRAME_SIDE:
+            raise OptionPolicyError(value, f"{where}: frames above {MAX_FRAME_SIDE} pixels a side are not allowed")
+
+
+def _check_encoder_params(flag: str, value: str) -> None:
+    """-x264-params/-x265-params, split as FFmpeg's av_dict_parse_string does ('key=value:...')."""
+    if "/" in value:
+        raise OptionPolicyError(value, f"{flag} parameters that read or write files are not allowed")
+    pos = 0
+    while pos < len(value):
+        key, pos = _av_get_token(value, pos, "=")
+        pos += 1  # the '='
+        _, pos = _av_get_token(value, pos, ":")
+        pos += 1  # the ':'
+        name = key.lower().replace("_", "-")
+        negated = re.sub(r"^no-?", "", name)
+        if name not in ENCODER_PARAM_KEYS and negated not in ENCODER_PARAM_KEYS:
+            raise OptionPolicyError(
+                key, f"{flag} key is not in ffleet's list of encoder parameters (keys that read or write "
+                     "files, and thread counts, are refused; see the README: Option policy)"
+            )
+
+
 def _check_value(flag: str, base: str, value: str) -> None:
     if "://" in value:
         raise OptionPolicyError(value, f"value of {flag} names a protocol URL; only ffleet names inputs and outputs")
     if base in FILTER_FLAGS:
         check_filtergraph(value)
+        return
+    if base == "apad":  # FFmpeg inserts "apad=<value>" into the output's filter graph
+        _check_filter("apad", value)
         return
     if _PROTOCOL_PATTERN.search(value) and base not in ("metadata",):
         raise OptionPolicyError(value, f"value of {flag} names an FFmpeg protocol")
@@ -131,10 +297,22 @@ def _check_value(flag: str, base: str, value: str) -> None:
             raise OptionPolicyError(value, "-f takes a format name")
         if any(v.lower() in FORBIDDEN_FORMATS for v in value.split(",")):
             raise OptionPolicyError(value, "this format writes or reads files ffleet did not name")
-    if base in ("x264-params", "x265-params") and (_ENCODER_PARAM_FILE_KEYS.search(value) or "/" in value):
-        raise OptionPolicyError(value, f"{flag} parameters that read or write files are not allowed")
+    if base in ("x264-params", "x265-params"):
+        _check_encoder_params(flag, value)
     if base == "metadata" and value.lower().startswith(("file:", "pipe:")):
         raise OptionPolicyError(value, "metadata value names a protocol")
+    if base in THREAD_FLAGS:
+        _check_threads(flag, value)
+    if base == "ar":
+        _check_sample_rates(flag, value)
+    if base == "ac" and not 1 <= _whole_number(flag, value) <= MAX_CHANNELS:
+        raise OptionPolicyError(value, f"{flag} takes 1 to {MAX_CHANNELS} channels")
+    if base in ("ch_layout", "channel_layout"):
+        _check_layouts(flag, value)
+    if base == "s":
+        _check_frame_sizes(flag, value)
+    if base == "stream_loop" and not (re.fullmatch(r"\d{1,3}", value.strip()) and int(value) <= MAX_STREAM_LOOP):
+        raise OptionPolicyError(value, f"{flag} takes a loop count from 0 to {MAX_STREAM_LOOP} (an endless loop, -1, is refused)")
 
 
 def parse_options(text: str) -> list[str]:
@@ -142,7 +320,7 @@ def parse_options(text: str) -> list[str]:
     if text is None:
         return []
     try:
-        tokens = shlex.split(text)
+        tokens = shellwords.split(text)  # shlex.split's words, in linear time
     except ValueError as exc:
         raise OptionPolicyError(text, f"cannot be split into arguments ({exc})") from None
     # unknown flags are refused before option_pairs would need to know whether they take a value
@@ -167,44 +345,111 @@ def parse_options(text: str) -> list[str]:
     return tokens
 
 
-def _split_top(text: str, seps: str) -> list[str]:
-    """Split like FFmpeg's av_get_token: backslash escapes, single quotes group, returns unescaped parts."""
-    parts, cur, quoted, i = [], [], False, 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
-            cur.append(text[i + 1])
-            i += 2
-            continue
-        if ch == "'":
-            quoted = not quoted
-        elif not quoted and ch in seps:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    parts.append("".join(cur))
-    return parts
+def filter_names(graph: str) -> Iterator[str]:
+    """The name of each filter in a graph (without its @instance), as FFmpeg's parser reads it."""
+    for name, _ in _filter_specs(graph):
+        if name:
+            yield name.split("@", 1)[0].strip()
+
+
+def _filter_specs(graph: str) -> Iterator[tuple[str, str | None]]:
+    """(filter name, its argument string or None) for each filter of a graph, parsed as FFmpeg's
+    graph parser does: [labels] name[@id][=args] [labels], joined by ',' or ';'."""
+    pos = 0
+    rest = graph.lstrip(_WHITESPACE)
+    if rest.startswith("sws_flags="):  # a graph-level scaler flag list, up to the first ';'
+        end = rest.find(";")
+        if end < 0:
+            raise OptionPolicyError(graph, "sws_flags= must end with ';'")
+        pos = len(graph) - len(rest) + end + 1
+    while True:
+        pos = _skip_labels(graph, pos)
+        name, pos = _av_get_token(graph, pos, "=,;[")
+        args = None
+        if pos < len(graph) and graph[pos] == "=":
+            args, pos = _av_get_token(graph, pos + 1, "[],;")
+        yield name, args
+        pos = _skip_labels(graph, pos)
+        while pos < len(graph) and graph[pos] in _WHITESPACE:
+            pos += 1
+        if pos >= len(graph):
+            return
+        if graph[pos] not in ",;":
+            raise OptionPolicyError(graph[pos:], "cannot be read as a filter graph")
+        pos += 1
+
+
+def _skip_labels(graph: str, pos: int) -> int:
+    while True:
+        while pos < len(graph) and graph[pos] in _WHITESPACE:
+            pos += 1
+        if pos >= len(graph) or graph[pos] != "[":
+            return pos
+        _, pos = _av_get_token(graph, pos + 1, "]")
+        if pos >= len(graph):
+            raise OptionPolicyError(graph, "a '[' link label is not closed")
+        pos += 1
+
+
+_FILTER_KEY = re.compile(r"[ \n\t\r]*([A-Za-z0-9_./-]+)[ \n\t\r]*=")
+
+
+def _filter_args(args: str) -> Iterator[tuple[str | None, str]]:
+    """(key or None for a positional value, value) for each option, read as FFmpeg's
+    av_opt_get_key_value reads them: a key is [A-Za-z0-9_./-]+ followed by '='."""
+    pos = 0
+    while pos < len(args):
+        m = _FILTER_KEY.match(args, pos)
+        key = m.group(1) if m else None
+        value, pos = _av_get_token(args, m.end() if m else pos, ":")
+        yield key, value
+        pos += 1  # the ':'
 
 
 def check_filtergraph(graph: str) -> None:
-    """Refuse filters that touch files, and filter options that name a path."""
-    for spec in _split_top(graph, ",;"):
-        spec = re.sub(r"\[[^\]]*\]", "", spec).strip()  # drop link labels
-        if not spec:
-            continue
-        name, _, args = spec.partition("=")
-        name = name.strip().split("@", 1)[0].lower()
-        if not re.match(r"^[a-z0-9_]+$", name):
-            raise OptionPolicyError(spec, "not a filter name")
-        if name in FORBIDDEN_FILTERS:
-            raise OptionPolicyError(name, "this filter reads or writes files or loads code")
-        if "://" in args or _PROTOCOL_PATTERN.search(args):
-            raise OptionPolicyError(spec, "filter arguments must not name a protocol")
-        for arg in _split_top(args, ":"):
-            key, eq, _ = arg.partition("=")
-            if eq and _PATH_OPTION.match(key.strip()):
-                raise OptionPolicyError(f"{name}={key}", "filter options that name a file are not allowed")
-            if name in FILE_OPTION_FILTERS and arg.strip() and not (eq and re.match(r"^[A-Za-z0-9_-]+$", key.strip())):
-                raise OptionPolicyError(f"{name}={arg}", "this filter has an option that names a file: give its options as key=value")
+    """Refuse filters that touch files, filter options that name a path or load a file, and sizes
+    that exhaust memory."""
+    for name, args in _filter_specs(graph):
+        _check_filter(name, args)
+
+
+def _check_filter(spec_name: str, args: str | None) -> None:
+    name = spec_name.split("@", 1)[0].lower()
+    if not re.match(r"^[a-z0-9_]+$", name):
+        raise OptionPolicyError(spec_name, "not a filter name")
+    if name in FORBIDDEN_FILTERS:
+        raise OptionPolicyError(name, "this filter reads or writes files or loads code")
+    if args is None:
+        return
+    if "://" in args or _PROTOCOL_PATTERN.search(args):
+        raise OptionPolicyError(args, "filter arguments must not name a protocol")
+    for position, (key, value) in enumerate(_filter_args(args)):
+        where = f"{name}={key}" if key else f"{name}={value}"
+        if (key and "/" in key) or (key is None and _FILTER_KEY.match(value) and "/" in _FILTER_KEY.match(value).group(1)):
+            # FFmpeg 6+: "/option=PATH" sets the option to the contents of the file PATH (a value
+            # that reads so after one more unescaping is refused too: another parser may unescape it)
+            raise OptionPolicyError(where, "filter options read from a file ('/option=') are not allowed")
+        if key and _PATH_OPTION.match(key):
+            raise OptionPolicyError(where, "filter options that name a file are not allowed")
+        if name in FILE_OPTION_FILTERS and key is None and value.strip():
+            raise OptionPolicyError(where, "this filter has an option that names a file: give its options as key=value")
+        if "://" in value or _PROTOCOL_PATTERN.search(value):
+            raise OptionPolicyError(where, "filter arguments must not name a protocol")
+        first = key is None and position == 0
+        if (key or "").lower() in _RATE_OPTIONS or (first and name in _RATE_FIRST_FILTERS):
+            _check_sample_rates(where, value)
+        if (key or "").lower() in _LAYOUT_OPTIONS or (first and name in _LAYOUT_FIRST_FILTERS):
+            _check_layouts(where, value)
+        _check_frame_sizes(where, value)
+        if ((key or "").lower() in _SIZE_KEYS or (key is None and position < 2 and name in _SIZE_FIRST_FILTERS)) \
+                and re.fullmatch(r"\d+", value.strip()) and int(value) > MAX_FRAME_SIDE:
+            raise OptionPolicyError(where, f"frames above {MAX_FRAME_SIDE} pixels a side are not allowed")
+
+
+def refused_output_extension(name: str) -> str | None:
+    """Why an output named `name` is refused (FFmpeg would pick a muxer that writes other files), or None."""
+    ext = name.rsplit(".", 1)[1].lower() if "." in name else ""
+    if ext in FORBIDDEN_OUTPUT_EXTENSIONS:
+        return (f"'.{ext}' makes FFmpeg pick a muxer that writes playlists, segments or one file per frame "
+                "(as -f hls/dash/image2 would); choose a single-file format")
+    return None

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ffleet.policy import OptionPolicyError, parse_options
+from ffleet.policy import OptionPolicyError, parse_options, refused_output_extension
 
 COMPUTE_TYPES = ("intel", "amd", "arm", "nvidia", "fargate", "fargate-arm")
 
@@ -19,6 +19,10 @@ DEFAULT_FILES_PER_JOB = 1000
 DEFAULT_TIMEOUT_SECONDS_PER_FILE = 600
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+# Step Functions' limit on an execution's input, which carries the request: a larger request could
+# never run in the cloud, and refusing it bounds what validation has to read.
+MAX_REQUEST_BYTES = 256 * 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EXTENSION_PATTERN = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9._-]{0,15}$")
 
 
@@ -51,6 +55,28 @@ class _Model(BaseModel):
         return data
 
 
+def _not_empty(value: Any) -> Any:
+    """An empty path, bucket or manifest is a mistake, not "unset" (it failed later as s3://None/)."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty (leave the field out, or use null, for unset)")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+def _key_part(value: str) -> str:
+    """output.s3_prefix / s3_suffix: no '.' or '..' path segments and no control characters.
+
+    They would make output keys that S3 tools normalise differently, or that leave (or alias) the
+    output folder; each key is checked again when it is written (storage.key_problem).
+    """
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    if any(seg in (".", "..") for seg in value.split("/")[:-1]) or value.split("/")[-1] == "..":
+        raise ValueError("must not contain '.' or '..' path segments")
+    return value
+
+
 def _check_options(value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
@@ -69,6 +95,7 @@ class InputSpec(_Model):
     path: str | None = Field(None, description="A local folder of inputs, instead of s3_bucket/s3_prefix.")
 
     _opts = field_validator("file_options")(classmethod(lambda cls, v: _check_options(v)))
+    _set = field_validator("s3_bucket", "manifest", "path", mode="before")(classmethod(lambda cls, v: _not_empty(v)))
 
     @field_validator("s3_prefix", mode="before")
     @classmethod
@@ -109,18 +136,24 @@ class OutputSpec(_Model):
     path: str | None = Field(None, description="A local folder for the outputs, instead of s3_bucket.")
 
     _opts = field_validator("file_options")(classmethod(lambda cls, v: _check_options(v)))
+    _set = field_validator("s3_bucket", "path", mode="before")(classmethod(lambda cls, v: _not_empty(v)))
 
     @field_validator("s3_prefix", "s3_suffix", mode="before")
     @classmethod
     def _empty(cls, v: Any) -> Any:
         return "" if v is None else v
 
+    @field_validator("s3_prefix")
+    @classmethod
+    def _out_prefix(cls, v: str) -> str:
+        return _key_part(v)
+
     @field_validator("s3_suffix")
     @classmethod
     def _suffix(cls, v: str) -> str:
         if "/" in v:
             raise ValueError("must not contain '/'")
-        return v
+        return _key_part(v)
 
     @field_validator("extension")
     @classmethod
@@ -138,6 +171,11 @@ class OutputSpec(_Model):
             raise ValueError("give either s3_bucket or path")
         if self.path is not None and self.s3_bucket is not None:
             raise ValueError("give either s3_bucket or path, not both")
+        # FFmpeg picks the muxer from the output name's last extension: the suffix's, if it has one
+        tail = (self.extension or "") + self.s3_suffix
+        why = refused_output_extension(tail) if "." in tail else None
+        if why:
+            raise ValueError(f"output.{'s3_suffix' if '.' in self.s3_suffix else 'extension'}: {why}")
         return self
 
 
@@ -151,6 +189,13 @@ class ResultsSpec(_Model):
     s3_bucket: str | None = None
     s3_prefix: str | None = None
     path: str | None = None
+
+    _set = field_validator("s3_bucket", "path", mode="before")(classmethod(lambda cls, v: _not_empty(v)))
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _results_prefix(cls, v: str | None) -> str | None:
+        return None if v is None else _key_part(v)
 
 
 class ProcessingSpec(_Model):
@@ -169,6 +214,14 @@ class ProcessingSpec(_Model):
     )
     verify_duration: bool = Field(
         True, description="Fail outputs whose duration differs from the input's (after -ss/-t/-to)."
+    )
+    require_sandbox: bool | None = Field(
+        None, description="Refuse to run unless every FFmpeg can be confined by the kernel (Landlock + seccomp). "
+        "Default: true in the worker image (FFLEET_REQUIRE_SANDBOX=1), false elsewhere.",
+    )
+    max_output_bytes: int = Field(
+        10 * 1024**3, ge=1024**2, le=1024**4,
+        description="The most one FFmpeg may write to one file (RLIMIT_FSIZE); past it the file fails output_too_large.",
     )
 
 
@@ -337,20 +390,45 @@ def parse_request(data: Any) -> JobRequest:
         raise RequestError(problems) from None
 
 
-def parse_request_text(text: str | bytes, source: str = "request") -> JobRequest:
+def decode_json(text: str | bytes, source: str) -> Any:
+    """json.loads that fails only with RequestError: also on nesting too deep for the parser
+    (RecursionError) and on integers too long to convert (ValueError over 4,300 digits)."""
     try:
-        data = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
-        raise RequestError([("(request)", f"{source} is not valid JSON{where}: {exc.msg if hasattr(exc, 'msg') else exc}")]) from None
-    return parse_request(data)
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError([("(request)", f"{source} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}")]) from None
+    except UnicodeDecodeError as exc:
+        raise RequestError([("(request)", f"{source} is not valid JSON: {exc}")]) from None
+    except RecursionError:
+        raise RequestError([("(request)", f"{source} is nested too deeply to be a job request")]) from None
+    except ValueError as exc:  # int() refuses numbers of more than 4,300 digits
+        raise RequestError([("(request)", f"{source} cannot be read: {str(exc).split(';')[0]}")]) from None
+
+
+def request_too_large(size: int, source: str) -> RequestError:
+    return RequestError([("(request)", f"{source} is {size:,} bytes; a request may be at most {MAX_REQUEST_BYTES:,} "
+                                       "bytes (256 KiB, the Step Functions input limit)")])
+
+
+def parse_request_text(text: str | bytes, source: str = "request") -> JobRequest:
+    size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
+    if size > MAX_REQUEST_BYTES:
+        raise request_too_large(size, source)
+    data = decode_json(text, source)
+    try:
+        return parse_request(data)
+    except RecursionError:  # deep nesting that json accepted but validation cannot walk
+        raise RequestError([("(request)", f"{source} is nested too deeply to be a job request")]) from None
 
 
 def load_request(path: str | Path) -> JobRequest:
     p = Path(path)
     try:
-        text = p.read_bytes()
+        with open(p, "rb") as f:
+            text = f.read(MAX_REQUEST_BYTES + 1)  # never read a huge (or endless: /dev/zero) file whole
     except OSError as exc:
         raise RequestError([("(request)", f"cannot read {p}: {exc.strerror}")]) from None
+    if len(text) > MAX_REQUEST_BYTES:
+        raise request_too_large(p.stat().st_size if p.is_file() else len(text), str(p))
     return parse_request_text(text, source=str(p))
 

@@ -12,9 +12,9 @@ SUCCEEDED, FAILED, SKIPPED, REJECTED, NOT_DONE = "succeeded", "failed", "skipped
 # or the infrastructure's (a retry may).
 FILE_REASONS = (
     "empty_input", "corrupt_input", "unsupported_format", "no_audio_stream", "timeout", "ffmpeg_error", "invalid_output",
-    "not_found", "output_collision",
+    "not_found", "output_collision", "output_too_large", "invalid_key",
 )
-INFRA_REASONS = ("storage_error", "interrupted", "batch_job_failed", "internal_error")
+INFRA_REASONS = ("storage_error", "interrupted", "batch_job_failed", "internal_error", "sandbox_error")
 
 # The files every run writes beside its results, locally and in the cloud (docs/contracts.md).
 RECORDS_FILE = "records.jsonl"  # a local run's per-file records

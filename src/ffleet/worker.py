@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import errno
-import math
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -19,11 +19,14 @@ from ffleet.ffmpeg import (
     Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, probe,
     run_process,
 )
+from ffleet.cpus import cgroup_cpu_limit, usable_cpus  # noqa: F401 - cgroup_cpu_limit is re-exported
 from ffleet.keys import OutputClaims, output_key
-from ffleet.policy import option_pairs
+from ffleet.policy import option_pairs, refused_output_extension
 from ffleet.request import JobRequest
+from ffleet import sandbox
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
-from ffleet.storage import ListedObject, NotFound, Storage, StorageError, input_storage, output_storage
+from ffleet.sandbox import HELPER_EXIT, Confinement, SandboxStatus
+from ffleet.storage import InvalidKey, ListedObject, NotFound, Storage, StorageError, input_storage, output_storage
 
 # Messages FFmpeg prints when the input itself is unreadable (rather than the options being wrong).
 _CORRUPT_PATTERNS = re.compile(
@@ -35,6 +38,7 @@ _CORRUPT_PATTERNS = re.compile(
 )
 _NOT_ON_WHITELIST = re.compile(r"^\[(\w+) @ [^\]]+\] Format not on whitelist", re.M)
 _NO_SPACE = re.compile(r"No space left on device", re.I)
+_SANDBOX_REFUSED = re.compile(r"^ffleet-sandbox: ", re.M)
 
 
 def expected_duration(input_duration: float | None, tokens: dict[str, list[str]]) -> float | None:
@@ -118,8 +122,12 @@ class WorkContext:
     # measuring: a raised -loglevel, and the second output that analyses the source; the same for every file
     _loglevel: list[str] = field(init=False, default_factory=list, repr=False)
     _source_analysis: list[str] = field(init=False, default_factory=list, repr=False)
+    sandbox: SandboxStatus = field(init=False)
 
     def __post_init__(self) -> None:
+        # before any file is touched: a request that requires the sandbox refuses to start without it
+        required = self.request.processing.require_sandbox
+        self.sandbox = sandbox.require(sandbox.required_by_default() if required is None else required)
         self.tokens = self.request.option_tokens()
         # a user's input -f (e.g. s16le for raw PCM) is a demuxer they chose: let it through
         user_formats = [v for flag, v in option_pairs(self.tokens["input"]) if flag == "-f" and v is not None]
@@ -176,10 +184,11 @@ class WorkContext:
 
 
 def _temp_suffix(out_key: str) -> str:
-    """The temp file keeps the output's extension, so FFmpeg picks the same muxer it would for the key."""
+    """The temp file keeps the output's extension, so FFmpeg picks the same muxer it would for the key
+    (none for an extension whose muxer writes other files: FFmpeg then fails the file)."""
     name = out_key.rsplit("/", 1)[-1]
     ext = os.path.splitext(name)[1]
-    return ext if re.match(r"^\.[A-Za-z0-9]{1,10}$", ext) else ""
+    return ext if re.match(r"^\.[A-Za-z0-9]{1,10}$", ext) and not refused_output_extension(ext) else ""
 
 
 def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
@@ -195,7 +204,7 @@ def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
         _process(ctx, item, out_key, slot, result)
     except StorageError as exc:
         result.status = FAILED
-        result.reason = "not_found" if isinstance(exc, NotFound) else "storage_error"
+        result.reason = "not_found" if isinstance(exc, NotFound) else "invalid_key" if isinstance(exc, InvalidKey) else "storage_error"
         result.detail = str(exc)
     except OSError as exc:
         result.status, result.reason = FAILED, "storage_error"
@@ -213,13 +222,18 @@ def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
 
 def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, result: ItemResult) -> None:
     req = ctx.request
+    # 0. Keys that cannot name one distinct file (or object) where they are read or written.
+    for role, store, key in (("input", ctx.input_store, item.key), ("output", ctx.output_store, out_key)):
+        problem = store.key_problem(key)
+        if problem:
+            raise InvalidKey(f"{role} key {key!r} {problem}")
     # 1. Skip before any work: re-runs of a 3-million-file job must cost a HEAD per finished file.
     if not req.output.overwrite and ctx.output_store.exists(out_key):
         result.status = SKIPPED
         result.reason = None
         return
     # 2. Fetch: an S3 object is staged on disk, a folder's file is read in place (Storage.readable_path).
-    staging = slot / ("input" + os.path.splitext(item.key)[1][:12])
+    staging = slot / ("input" + _temp_suffix(item.key))
     src, result.bytes_in = ctx.input_store.readable_path(item.key, staging)
     if result.bytes_in == 0:
         result.reason, result.detail = "empty_input", "the input object is 0 bytes"
@@ -229,6 +243,8 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     run = run_process(
         ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry,
         stderr_limit=audio_quality.ANALYSIS_STDERR_LIMIT if ctx.measuring else 64_000,
+        # the kernel keeps FFmpeg to its input and this file's own folder, whatever its options say
+        confinement=Confinement(read=(str(src),), write=(str(slot),), max_output_bytes=req.processing.max_output_bytes),
     )
     result.cpu_seconds += run.cpu_seconds
     info = parse_input_info(run.stderr)
@@ -241,6 +257,13 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     if info.parsed and not info.has_audio and req.processing.require_audio:
         result.reason = "no_audio_stream"
         result.detail = f"input has no audio stream (streams: {', '.join(info.stream_types) or 'none'})"
+        return
+    if run.returncode == -signal.SIGXFSZ:
+        result.reason = "output_too_large"
+        result.detail = f"FFmpeg wrote more than processing.max_output_bytes={req.processing.max_output_bytes}"
+        return
+    if run.returncode == HELPER_EXIT and _SANDBOX_REFUSED.search(run.stderr):
+        result.reason, result.detail = "sandbox_error", last_error_lines(run.stderr, 2)
         return
     if run.returncode != 0:
         tail = last_error_lines(run.stderr).replace(str(src), item.key)
@@ -278,6 +301,10 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     out_probe, pr = probe(dst, ctx.binaries, registry=ctx.registry)
     result.cpu_seconds += pr.cpu_seconds
     problem = _verify_output(ctx, out_probe, result)
+    if problem and not out_probe:
+        unsupported = _NOT_ON_WHITELIST.search(pr.stderr)
+        if unsupported:  # e.g. playlist bytes: read as such, they would name another file
+            problem += f" (it reads as {unsupported.group(1)}, a format ffleet does not read; see INPUT_FORMATS)"
     if problem:
         result.reason, result.detail = "invalid_output", problem
         return
@@ -326,32 +353,9 @@ def _float(v) -> float | None:
         return None
 
 
-def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The container's CPU quota in whole CPUs (cgroup v2 cpu.max, or v1 cfs quota), if it has one."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return max(1, math.ceil(int(quota) / int(period)))
-        return None
-    except (OSError, ValueError):
-        pass
-    try:
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 and period_us > 0 else None
-    except (OSError, ValueError):
-        return None
-
-
 def default_workers(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """One FFmpeg per CPU the process may use: the CPUs it may run on (affinity), capped by a
-    container's CPU quota, which a `docker run --cpus` or a Batch job sets without hiding any CPU."""
-    try:
-        cpus = max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        cpus = max(1, os.cpu_count() or 1)
-    quota = cgroup_cpu_limit(cgroup_root)
-    return min(cpus, quota) if quota else cpus
+    """One FFmpeg per CPU the process may use."""
+    return usable_cpus(cgroup_root)
 
 
 def output_collision(item: ListedObject, out_key: str, holder: str) -> ItemResult:
@@ -360,6 +364,16 @@ def output_collision(item: ListedObject, out_key: str, holder: str) -> ItemResul
         key=item.key, status=FAILED, output_key=out_key, reason="output_collision",
         detail=f"{holder} (listed earlier) is also written to {out_key}; give the inputs distinct outputs "
                "(e.g. filter input.extensions, or run each extension with its own output.s3_suffix or prefix)",
+    )
+
+
+def output_is_input(item: ListedObject, out_key: str) -> ItemResult:
+    """The record of an input whose output key names an input of the same run (never written over)."""
+    whose = "the input itself" if out_key == item.key else "another input of this run"
+    return ItemResult(
+        key=item.key, status=FAILED, output_key=out_key, reason="output_collision",
+        detail=f"the output {out_key} is {whose}; ffleet never writes over a run's input "
+               "(give the outputs their own output.s3_prefix)",
     )
 
 
@@ -380,18 +394,26 @@ def run_items(
     iterator = iter(items)
     in_flight: set[Future] = set()
     lock = threading.Lock()
-    # only a replaced extension can map two inputs to one output (prefix + key + suffix cannot)
-    claims_dir = Path(tempfile.mkdtemp(prefix="claims-", dir=ctx.work_dir)) if ctx.request.output.extension else None
+    # only a replaced extension can map two inputs to one output (prefix + key + suffix cannot);
+    # only in the inputs' own bucket can an output key be an input's key
+    req = ctx.request
+    shared = bool(req.input.s3_bucket) and req.input.s3_bucket == req.output.s3_bucket
+    claims_dir = Path(tempfile.mkdtemp(prefix="claims-", dir=ctx.work_dir)) if req.output.extension or shared else None
     claims = OutputClaims(claims_dir) if claims_dir else None
+    if shared:
+        iterator = claims.hold_inputs(iterator)
 
     def submit_next(pool: ThreadPoolExecutor) -> bool:
         with lock:  # claimed in listing order: the first listed input keeps the output
             item = next(iterator, None)
             out_key = ctx.output_key_for(item.key) if item is not None and claims else None
-            holder = claims.claim(out_key, item.key) if out_key is not None else None
+            overwrites_input = out_key is not None and claims.is_input(out_key)
+            holder = claims.claim(out_key, item.key) if out_key is not None and not overwrites_input else None
         if item is None:
             return False
-        if holder is not None:
+        if overwrites_input:
+            in_flight.add(pool.submit(output_is_input, item, out_key))
+        elif holder is not None:
             in_flight.add(pool.submit(output_collision, item, out_key, holder))
         else:
             in_flight.add(pool.submit(process_item, ctx, item))

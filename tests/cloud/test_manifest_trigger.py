@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import quote_plus
 
 import pytest
 
 from cloudkit import template  # noqa: F401 (fixture)
+from ffleet.joblimits import StackLimits, job_timing
 from ffleet.manifest_trigger import (
     MAX_REQUEST_BYTES, RUN_KEYS_FILE, Rejected, csv_keys, handle_trigger_event, jsonl_keys,
 )
+from ffleet.request import parse_request
 
 moto = pytest.importorskip("moto")
 from moto import mock_aws  # noqa: E402
@@ -47,10 +50,11 @@ def stack(monkeypatch):
             {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}))["stateMachineArn"]
 
         class Stack:
-            def fire(self, event, default=DEFAULT, input_bucket=MEDIA):
+            def fire(self, event, default=DEFAULT, input_bucket=MEDIA, limits=None):
                 text = json.dumps(default) if isinstance(default, dict) else default
                 return handle_trigger_event(event, s3=s3, sfn=sfn, state_machine_arn=sm, results_bucket=RESULTS,
-                                            input_bucket=input_bucket, default_request=text)
+                                            input_bucket=input_bucket, output_bucket=OUT, limits=limits,
+                                            default_request=text)
 
             def executions(self):
                 return sfn.list_executions(stateMachineArn=sm)["executions"]
@@ -83,7 +87,8 @@ def drop(s3, key: str, body: bytes, bucket: str = TRIGGER) -> dict:
 def run_keys(stack, arn: str) -> list[str]:
     source = stack.execution_input(arn)["source"]
     assert source["type"] == "jsonl" and source["bucket"] == RESULTS
-    return [json.loads(line)["key"] for line in stack.read(RESULTS, source["key"]).decode().splitlines()]
+    # lines end at '\n' only: a key may hold U+2028 or U+0085 (json.dumps(ensure_ascii=False) keeps them raw)
+    return [json.loads(line)["key"] for line in stack.read(RESULTS, source["key"]).decode().split("\n") if line]
 
 
 # --- manifests that start a run -----------------------------------------------------------------
@@ -173,7 +178,10 @@ def test_start_handler_reads_default_request_and_input_bucket_from_its_environme
     monkeypatch.setenv("STATE_MACHINE_ARN", stack.sm)
     monkeypatch.setenv("RESULTS_BUCKET", RESULTS)
     monkeypatch.setenv("INPUT_BUCKET", MEDIA)
+    monkeypatch.setenv("OUTPUT_BUCKET", OUT)
     monkeypatch.setenv("DEFAULT_REQUEST", json.dumps(DEFAULT))
+    monkeypatch.setenv("JOB_VCPUS", "1")
+    monkeypatch.setenv("JOB_ATTEMPTS", "7")
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "ffleet")
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "ffleet")
@@ -187,7 +195,16 @@ def test_start_handler_reads_default_request_and_input_bucket_from_its_environme
 
     out = app.handler(drop(stack.s3, "manifests/a.csv", b"in/a.wav\n"), Ctx())
     assert len(out["started"]) == 1, out
-    assert stack.execution_input(out["started"][0]["execution_arn"])["request"]["input"]["s3_bucket"] == MEDIA
+    payload = stack.execution_input(out["started"][0]["execution_arn"])
+    assert payload["request"]["input"]["s3_bucket"] == MEDIA
+    # the manifest run's job limits come from the stack's parameters, as a request's do
+    expected = job_timing(parse_request(payload["request"]), StackLimits(job_vcpus=1, job_attempts=7))
+    assert payload["job_timing"] == expected != job_timing(parse_request(payload["request"]), StackLimits())
+    # and its DefaultRequest is held to the stack's output bucket
+    monkeypatch.setenv("DEFAULT_REQUEST", json.dumps({**DEFAULT, "output": {**DEFAULT["output"], "s3_bucket": "other"}}))
+    spec.loader.exec_module(app)
+    out = app.handler(drop(stack.s3, "manifests/b.csv", b"in/a.wav\n"), Ctx())
+    assert not out["started"] and out["rejected"][0]["errors"][0]["field"] == "DefaultRequest: output.s3_bucket", out
 
 
 # --- manifests that start nothing, and say why --------------------------------------------------
@@ -208,6 +225,8 @@ def test_without_a_default_request_the_manifest_is_rejected_with_both_ways_out(s
     ({k: v for k, v in DEFAULT.items() if k != "output"}, "DefaultRequest: output"),
     ("{not json", "DefaultRequest"),
     ("[1]", "DefaultRequest"),
+    # the stack's roles reach only its own buckets (trigger.check_stack_buckets, as for a request under jobs/)
+    ({**DEFAULT, "output": {**DEFAULT["output"], "s3_bucket": "elsewhere"}}, "DefaultRequest: output.s3_bucket"),
 ])
 def test_an_invalid_default_request_is_named_in_the_rejection(stack, default, field):
     out = stack.fire(drop(stack.s3, "manifests/todo.csv", b"in/a.wav\n"), default=default)
@@ -276,7 +295,7 @@ def _recorded_run(stack, run: str, request: dict) -> None:
 
 def test_failed_files_redrive_uses_the_recorded_request_not_the_default(stack):
     old = {**DEFAULT, "name": "archive", "compute": "nvidia",
-           "input": {"s3_bucket": "old-input", "s3_prefix": "media/", "file_options": "-ss 1"},
+           "input": {"s3_bucket": MEDIA, "s3_prefix": "media/", "file_options": "-ss 1"},
            "output": {"s3_bucket": OUT, "s3_prefix": "flac/", "extension": ".flac"},
            "results": {"s3_bucket": RESULTS, "s3_prefix": "runs/archive-0123456789abcdef/"}}
     _recorded_run(stack, "archive-0123456789abcdef", old)
@@ -289,10 +308,27 @@ def test_failed_files_redrive_uses_the_recorded_request_not_the_default(stack):
     assert payload["execution_name"].startswith("archive-redrive-")
     assert payload["compute"] == "nvidia" and payload["trigger"]["redrive_of"] == "archive-0123456789abcdef"
     req = payload["request"]
-    assert req["input"]["s3_bucket"] == "old-input" and req["input"]["file_options"] == "-ss 1"
+    assert req["input"]["s3_bucket"] == MEDIA and req["input"]["file_options"] == "-ss 1"
     assert req["input"]["s3_prefix"] == "" and req["output"]["extension"] == ".flac"
     assert req["results"]["s3_prefix"] == f"runs/{payload['execution_name']}/"
     assert run_keys(stack, out.started[0]["execution_arn"]) == ["media/a.wav", "media/b c.wav"]
+
+
+def test_failed_files_of_a_run_on_another_input_bucket_are_rejected_naming_it(stack):
+    # the stack's input bucket changed since that run: its keys are no longer readable
+    _recorded_run(stack, "r1", {**DEFAULT, "input": {"s3_bucket": "old-input", "s3_prefix": ""}})
+    out = stack.fire(drop(stack.s3, "manifests/failed-files.jsonl", b'{"key": "a.wav", "run": "r1"}\n'))
+    assert not out.started and stack.executions() == []
+    errors = stack.rejection("manifests/failed-files.jsonl")["errors"]
+    assert errors[0]["field"] == "runs/r1/request.json: input.s3_bucket" and "'old-input'" in errors[0]["message"]
+
+
+def test_manifest_runs_take_the_stack_limits_given(stack):
+    limits = StackLimits(job_vcpus=2, job_attempts=9, capacity_wait_seconds=7200)
+    out = stack.fire(drop(stack.s3, "manifests/todo.csv", b"in/a.wav\n"), limits=limits)
+    payload = stack.execution_input(out.started[0]["execution_arn"])
+    assert payload["job_timing"] == job_timing(parse_request(payload["request"]), limits)
+    assert payload["job_timing"] != job_timing(parse_request(payload["request"]), StackLimits())
 
 
 @pytest.mark.parametrize("lines, words", [
@@ -316,6 +352,24 @@ def test_a_key_named_key_without_header_is_read_as_the_header():
     # documented: a first row whose only cell is "key" (any case) is the header
     assert [k for _, k, _ in csv_keys(["Key\n", "in/a.wav\n"], "m")] == ["in/a.wav"]
     assert [k for _, k, _ in csv_keys(["in/key\n", "in/a.wav\n"], "m")] == ["in/key", "in/a.wav"]
+
+
+@pytest.mark.parametrize("text", [
+    "KEY\nin/a.wav\n", " Key ,n\nin/a.wav,1\n", "object_key,key\nin/o.wav,in/k.wav\n", "S3_KEY\nin/a.wav\n",
+    'in/a.wav\n"in/b,c.wav"\n"in/q"x".wav\n', "in/line\u2028sep.wav\nin/nel\x85.wav\r\nin/ff\x0c.wav\n",
+    '\n\nkey,n\n"in/multi\nline.wav",1\n\n,\n', '{"key": "in/j.wav"}\n',
+    "n,key\n1\n", 'key\n"open.wav\nb.wav\n', "key\nc,d.wav\n", 'key\n"a.wav"x\n',
+])
+def test_a_csv_means_the_same_locally_and_in_the_trigger(stack, text):
+    from ffleet.inventory import parse_manifest
+
+    try:
+        local = [o.key for o in parse_manifest(text.encode(), "m.csv")]
+    except ValueError as exc:
+        local = "line " + re.search(r" line (\d+):", str(exc))[1]
+    out = stack.fire(drop(stack.s3, "manifests/m.csv", text.encode()))
+    cloud = run_keys(stack, out.started[0]["execution_arn"]) if out.started else out.rejected[0]["errors"][0]["field"]
+    assert cloud == local
 
 
 def test_keys_keep_their_spaces_and_quotes():
@@ -385,7 +439,8 @@ def test_manifest_drop_runs_end_to_end_and_its_failed_files_re_drive_with_its_op
     run = desc["executionArn"].rsplit(":", 1)[1]
     assert sorted(i["key"] for i in _batch_items(cloud, run)) == sorted(keys)
     summary = json.loads(cloud.s3.get_object(Bucket=RESULTS, Key=f"runs/{run}/summary.json")["Body"].read())
-    assert summary["files"]["succeeded"] == 2 and summary["files"]["not_done"] == 1, summary["files"]
+    # a failed Batch job's files count as failed (as in test_pipeline_moto), and are listed for a re-drive
+    assert summary["files"]["succeeded"] == 2 and summary["files"]["failed"] == 1, summary["files"]
 
     # The run's failed-files.jsonl names the run; the summarizer recorded its request beside it.
     failed = cloud.s3.get_object(Bucket=RESULTS, Key=f"runs/{run}/failed-files.jsonl")["Body"].read()
@@ -401,7 +456,8 @@ def test_manifest_drop_runs_end_to_end_and_its_failed_files_re_drive_with_its_op
     again = cloud.start.handler(_event_for(cloud, "manifests/failed-files.jsonl"), FakeContext())
     assert len(again["started"]) == 1 and not again["rejected"], again
     desc2 = _wait(cloud.sfn, again["started"][0]["execution_arn"])
-    assert desc2["status"] == "SUCCEEDED", desc2
+    # its one file fails again: 100% is over the recorded request's 50% tolerance, so the execution FAILS
+    assert desc2["status"] == "FAILED" and "Process JSON Lines manifest" in _history_names(cloud.sfn, desc2["executionArn"]), desc2
     run2 = desc2["executionArn"].rsplit(":", 1)[1]
     assert run2.startswith("nightly-redrive-")
     items = _batch_items(cloud, run2)

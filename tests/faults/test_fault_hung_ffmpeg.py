@@ -41,7 +41,10 @@ def test_a_slow_file_is_killed_at_the_timeout_and_the_batch_goes_on(tmp_path):
 def test_a_hung_ffmpeg_and_its_children_are_all_killed(tmp_path):
     """An FFmpeg that hangs after starting a helper process of its own (as hwaccel or a filter
     plugin may). At the timeout ffleet must kill the whole process group (no process it started
-    may outlive the file), record reason timeout, and go on with the next file."""
+    may outlive the file), record reason timeout, and go on with the next file.
+
+    ffleet's sandbox refuses new processes outright (tests/test_sandbox.py), so this runs without
+    it (FFLEET_SANDBOX_HELPER naming no helper), as on a machine that cannot build the helper."""
     real = find_binaries().ffmpeg
     fake = tmp_path / "ffmpeg-that-hangs"
     # Hangs (with a child holding its stderr) only for the input whose first bytes say so.
@@ -64,7 +67,8 @@ def test_a_hung_ffmpeg_and_its_children_are_all_killed(tmp_path):
         "processing": {"timeout_seconds_per_file": 3, "tolerated_failure_percent": 50},
     })
     p = run_cli("run", str(req), "--json", "--no-progress", "--workers", "1",
-                env={"FFLEET_FFMPEG": str(fake), "FFLEET_FFPROBE": find_binaries().ffprobe})
+                env={"FFLEET_FFMPEG": str(fake), "FFLEET_FFPROBE": find_binaries().ffprobe,
+                     "FFLEET_SANDBOX_HELPER": str(tmp_path / "no-helper")})
     leftovers = processes_using("ffleet-fault-marker")
     for pid in leftovers:  # clean up before asserting, so a failure leaves nothing running
         os.kill(pid, signal.SIGKILL)
