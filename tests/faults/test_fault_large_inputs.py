@@ -110,7 +110,8 @@ def test_ten_thousand_tiny_files_in_bounded_memory(tmp_path):
         fakes[name] = tmp_path / f"fake-{name}"
         fakes[name].write_text(body)
         fakes[name].chmod(fakes[name].stat().st_mode | stat.S_IEXEC)
-    env = {"FFLEET_FFMPEG": str(fakes["ffmpeg"]), "FFLEET_FFPROBE": str(fakes["ffprobe"])}
+    # the stand-in outputs are not media: the stand-in ffprobe verifies them (PyAV would refuse them)
+    env = {"FFLEET_FFMPEG": str(fakes["ffmpeg"]), "FFLEET_FFPROBE": str(fakes["ffprobe"]), "FFLEET_VERIFY": "ffprobe"}
     results = {}
     for count in (500, 10_000):
         _tiny_files(tmp_path / f"in{count}", count)
