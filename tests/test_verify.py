@@ -2,7 +2,6 @@
 import shutil
 import stat
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -206,40 +205,3 @@ def test_no_decoder_runs_in_ffleets_process(tmp_path, ext, monkeypatch):
     assert (info.stream_types, info.codec, info.sample_rate, info.channels) == (
         by_ffprobe.stream_types, by_ffprobe.codec, by_ffprobe.sample_rate, by_ffprobe.channels)
     assert info.channels == 1 and abs(info.duration - 1.5) < 0.1
-
-
-def test_the_next_ffmpeg_starts_while_an_output_is_verified(tmp_path, tone_cache, monkeypatch):
-    """run_items keeps `workers` FFmpegs busy: a finished file's read-back and store do not hold
-    its FFmpeg slot. With one worker, the second file's FFmpeg starts while the first is verified."""
-    from ffleet.worker import run_items
-
-    monkeypatch.setattr(verify, "_av", None)
-    ctx = make_ctx(tmp_path, extension=".wav")
-    items = [put(tmp_path, f"a{i}.wav", tone_cache(".wav", 1.0)) for i in range(4)]
-    running, most, overlapped = [0], [0], []
-    changed = threading.Condition()
-    real_run, real_read = worker.run_process, worker.read_media
-
-    def run(argv, **kw):
-        with changed:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-            changed.notify_all()
-        try:
-            return real_run(argv, **kw)
-        finally:
-            with changed:
-                running[0] -= 1
-
-    def read(path, *a, **kw):
-        if path.name.startswith("output"):  # an output: is another FFmpeg running (or starting) meanwhile?
-            with changed:
-                overlapped.append(changed.wait_for(lambda: running[0] > 0, timeout=5))
-        return real_read(path, *a, **kw)
-
-    monkeypatch.setattr(worker, "run_process", run)
-    monkeypatch.setattr(worker, "read_media", read)
-    results = list(run_items(ctx, items, workers=1))
-    assert [r.status for r in results] == [SUCCEEDED] * 4
-    assert most[0] == 1, "more FFmpegs at once than workers"
-    assert overlapped[:3] == [True, True, True], overlapped  # the last file has no next one
