@@ -126,6 +126,7 @@ def test_the_worker_fails_a_playlist_written_as_the_output(tmp_path, tone_cache,
         script.write_text(script.read_text() + f"import shutil, os; shutil.copy({str(secret)!r}, os.path.dirname(sys.argv[-1]))\n")
     r = process_item(ctx, put(tmp_path, "x.wav", tone_cache(".wav", 1.0)))
     assert (r.status, r.reason) == (FAILED, "invalid_output"), r
+    assert f"reads as {'hls' if kind == 'hls' else 'concat'}" in r.detail, r.detail  # ffprobe says why
     assert not (tmp_path / "out" / ("x" + _suffix(kind))).exists()
 
 
@@ -205,3 +206,17 @@ def test_no_decoder_runs_in_ffleets_process(tmp_path, ext, monkeypatch):
     assert (info.stream_types, info.codec, info.sample_rate, info.channels) == (
         by_ffprobe.stream_types, by_ffprobe.codec, by_ffprobe.sample_rate, by_ffprobe.channels)
     assert info.channels == 1 and abs(info.duration - 1.5) < 0.1
+
+
+def test_what_pyav_cannot_open_gets_ffprobes_verdict(tmp_path, monkeypatch):
+    """A file PyAV's libav refuses is read again by ffprobe, whose answer stands: never stricter
+    than ffprobe, whichever libav PyAV bundles."""
+    path = make_tone(tmp_path / "t.flac", 1.0, ".flac")
+    monkeypatch.setattr(verify, "_av", None)
+
+    def refuse(av_module, p, options):
+        raise av_module.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+
+    monkeypatch.setattr(verify, "_open", refuse)
+    back = read_media(path, input_guard(), find_binaries())
+    assert back.reader == "ffprobe" and back.info.codec == "flac" and abs(back.info.duration - 1.0) < 0.05

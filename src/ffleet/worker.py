@@ -281,6 +281,10 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     out_read = read_media(dst, ctx.output_guard, ctx.binaries, ctx.registry)
     result.cpu_seconds += out_read.cpu_seconds
     problem = _verify_output(ctx, out_read.info, result)
+    if problem and not out_read.info:
+        unsupported = _NOT_ON_WHITELIST.search(out_read.stderr)
+        if unsupported:  # e.g. playlist bytes: read as such, they would name another file
+            problem += f" (it reads as {unsupported.group(1)}, a format ffleet does not read; see INPUT_FORMATS)"
     if problem:
         result.reason, result.detail = "invalid_output", problem
         return
