@@ -220,3 +220,23 @@ def test_what_pyav_cannot_open_gets_ffprobes_verdict(tmp_path, monkeypatch):
     monkeypatch.setattr(verify, "_open", refuse)
     back = read_media(path, input_guard(), find_binaries())
     assert back.reader == "ffprobe" and back.info.codec == "flac" and abs(back.info.duration - 1.0) < 0.05
+
+
+def test_without_ffprobe_pyavs_verdict_stands(tmp_path, tone_cache, monkeypatch):
+    """An image may ship a static FFmpeg and no ffprobe: a file PyAV cannot open then fails as
+    invalid_output, not as a storage error from the missing program."""
+    monkeypatch.setattr(verify, "_av", None)
+
+    def no_ffprobe(*a, **kw):  # what starting a missing program raises (without an exec prefix)
+        raise FileNotFoundError(2, "No such file or directory", "ffprobe")
+
+    monkeypatch.setattr(verify, "probe", no_ffprobe)
+    header_only = tmp_path / "h.wav"
+    header_only.write_bytes(tone_cache(".wav", 1.0).read_bytes()[:44])
+    assert read_media(header_only, input_guard(), find_binaries()).info is None
+    good = make_tone(tmp_path / "g.m4a", 1.0)
+    ctx = make_ctx(tmp_path, extension=".m4a", binaries=fake_ffmpeg(tmp_path, ""))
+    Path(ctx.binaries.ffmpeg).write_text(
+        f"#!{sys.executable}\nimport sys\nopen(sys.argv[-1], 'wb').write(open({str(good)!r}, 'rb').read()[:200])\n")
+    r = process_item(ctx, put(tmp_path, "x.wav", tone_cache(".wav", 1.0)))
+    assert (r.status, r.reason) == (FAILED, "invalid_output"), r

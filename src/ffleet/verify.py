@@ -98,7 +98,10 @@ def read_media(
         # A file that does not open is rare: ffprobe (in its own process, with the same whitelists)
         # has the last word and says why, e.g. which demuxer the whitelist refused. So the verdict
         # against a file is never stricter than ffprobe's, whichever libav PyAV bundles.
-        back = _read_with_ffprobe(path, guard, binaries, registry)
+        try:
+            back = _read_with_ffprobe(path, guard, binaries, registry)
+        except OSError:  # no ffprobe (an image with a static FFmpeg alone): PyAV's verdict stands
+            return ReadBack(None, cpu, "pyav")
         return ReadBack(back.info, cpu + back.cpu_seconds, back.reader, back.stderr)
     return ReadBack(info, cpu, "pyav")
 
