@@ -2,7 +2,6 @@
 import shutil
 import stat
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -127,6 +126,7 @@ def test_the_worker_fails_a_playlist_written_as_the_output(tmp_path, tone_cache,
         script.write_text(script.read_text() + f"import shutil, os; shutil.copy({str(secret)!r}, os.path.dirname(sys.argv[-1]))\n")
     r = process_item(ctx, put(tmp_path, "x.wav", tone_cache(".wav", 1.0)))
     assert (r.status, r.reason) == (FAILED, "invalid_output"), r
+    assert f"reads as {'hls' if kind == 'hls' else 'concat'}" in r.detail, r.detail  # ffprobe says why
     assert not (tmp_path / "out" / ("x" + _suffix(kind))).exists()
 
 
@@ -208,38 +208,35 @@ def test_no_decoder_runs_in_ffleets_process(tmp_path, ext, monkeypatch):
     assert info.channels == 1 and abs(info.duration - 1.5) < 0.1
 
 
-def test_the_next_ffmpeg_starts_while_an_output_is_verified(tmp_path, tone_cache, monkeypatch):
-    """run_items keeps `workers` FFmpegs busy: a finished file's read-back and store do not hold
-    its FFmpeg slot. With one worker, the second file's FFmpeg starts while the first is verified."""
-    from ffleet.worker import run_items
-
+def test_what_pyav_cannot_open_gets_ffprobes_verdict(tmp_path, monkeypatch):
+    """A file PyAV's libav refuses is read again by ffprobe, whose answer stands: never stricter
+    than ffprobe, whichever libav PyAV bundles."""
+    path = make_tone(tmp_path / "t.flac", 1.0, ".flac")
     monkeypatch.setattr(verify, "_av", None)
-    ctx = make_ctx(tmp_path, extension=".wav")
-    items = [put(tmp_path, f"a{i}.wav", tone_cache(".wav", 1.0)) for i in range(4)]
-    running, most, overlapped = [0], [0], []
-    changed = threading.Condition()
-    real_run, real_read = worker.run_process, worker.read_media
 
-    def run(argv, **kw):
-        with changed:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-            changed.notify_all()
-        try:
-            return real_run(argv, **kw)
-        finally:
-            with changed:
-                running[0] -= 1
+    def refuse(av_module, p, options):
+        raise av_module.error.InvalidDataError(1094995529, "Invalid data found when processing input")
 
-    def read(path, *a, **kw):
-        if path.name.startswith("output"):  # an output: is another FFmpeg running (or starting) meanwhile?
-            with changed:
-                overlapped.append(changed.wait_for(lambda: running[0] > 0, timeout=5))
-        return real_read(path, *a, **kw)
+    monkeypatch.setattr(verify, "_open", refuse)
+    back = read_media(path, input_guard(), find_binaries())
+    assert back.reader == "ffprobe" and back.info.codec == "flac" and abs(back.info.duration - 1.0) < 0.05
 
-    monkeypatch.setattr(worker, "run_process", run)
-    monkeypatch.setattr(worker, "read_media", read)
-    results = list(run_items(ctx, items, workers=1))
-    assert [r.status for r in results] == [SUCCEEDED] * 4
-    assert most[0] == 1, "more FFmpegs at once than workers"
-    assert overlapped[:3] == [True, True, True], overlapped  # the last file has no next one
+
+def test_without_ffprobe_pyavs_verdict_stands(tmp_path, tone_cache, monkeypatch):
+    """An image may ship a static FFmpeg and no ffprobe: a file PyAV cannot open then fails as
+    invalid_output, not as a storage error from the missing program."""
+    monkeypatch.setattr(verify, "_av", None)
+
+    def no_ffprobe(*a, **kw):  # what starting a missing program raises (without an exec prefix)
+        raise FileNotFoundError(2, "No such file or directory", "ffprobe")
+
+    monkeypatch.setattr(verify, "probe", no_ffprobe)
+    header_only = tmp_path / "h.wav"
+    header_only.write_bytes(tone_cache(".wav", 1.0).read_bytes()[:44])
+    assert read_media(header_only, input_guard(), find_binaries()).info is None
+    good = make_tone(tmp_path / "g.m4a", 1.0)
+    ctx = make_ctx(tmp_path, extension=".m4a", binaries=fake_ffmpeg(tmp_path, ""))
+    Path(ctx.binaries.ffmpeg).write_text(
+        f"#!{sys.executable}\nimport sys\nopen(sys.argv[-1], 'wb').write(open({str(good)!r}, 'rb').read()[:200])\n")
+    r = process_item(ctx, put(tmp_path, "x.wav", tone_cache(".wav", 1.0)))
+    assert (r.status, r.reason) == (FAILED, "invalid_output"), r

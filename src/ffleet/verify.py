@@ -33,8 +33,9 @@ class MediaInfo:
 @dataclass
 class ReadBack:
     info: MediaInfo | None  # None: the file does not open as media (within the whitelist)
-    cpu_seconds: float  # CPU the reading cost (this thread's, or ffprobe's)
-    reader: str  # "pyav" or "ffprobe"
+    cpu_seconds: float  # CPU the reading cost (this thread's, and ffprobe's if it ran)
+    reader: str  # "pyav", or "ffprobe" if it gave the answer
+    stderr: str = ""  # ffprobe's, when it ran: why the file did not open (e.g. "[hls @ ...] Format not on whitelist")
 
 
 _av = None
@@ -92,7 +93,17 @@ def read_media(
             info = _open(av, path, options)
         except av.FFmpegError:
             info = None
-    return ReadBack(info, time.thread_time() - started, "pyav")
+    cpu = time.thread_time() - started
+    if info is None:
+        # A file that does not open is rare: ffprobe (in its own process, with the same whitelists)
+        # has the last word and says why, e.g. which demuxer the whitelist refused. So the verdict
+        # against a file is never stricter than ffprobe's, whichever libav PyAV bundles.
+        try:
+            back = _read_with_ffprobe(path, guard, binaries, registry)
+        except OSError:  # no ffprobe (an image with a static FFmpeg alone): PyAV's verdict stands
+            return ReadBack(None, cpu, "pyav")
+        return ReadBack(back.info, cpu + back.cpu_seconds, back.reader, back.stderr)
+    return ReadBack(info, cpu, "pyav")
 
 
 # PCM in WAV, W64 or AIFF: the header gives the streams, the sample format and the data size, so
@@ -158,7 +169,7 @@ def _read_with_ffprobe(path: Path, guard: list[str], binaries: Binaries, registr
     # whitelists `guard` holds but for a user's own -f additions
     data, run = probe(path, binaries, registry=registry, untrusted=True)
     if not data:
-        return ReadBack(None, run.cpu_seconds, "ffprobe")
+        return ReadBack(None, run.cpu_seconds, "ffprobe", run.stderr)
     streams = data.get("streams") or []
     audio = next((s for s in streams if s.get("codec_type") == "audio"), {})
     info = MediaInfo(
@@ -168,7 +179,7 @@ def _read_with_ffprobe(path: Path, guard: list[str], binaries: Binaries, registr
         sample_rate=int(audio["sample_rate"]) if audio.get("sample_rate") else None,
         channels=audio.get("channels"),
     )
-    return ReadBack(info, run.cpu_seconds, "ffprobe")
+    return ReadBack(info, run.cpu_seconds, "ffprobe", run.stderr)
 
 
 def _float(v) -> float | None:

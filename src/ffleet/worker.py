@@ -113,8 +113,6 @@ class WorkContext:
     work_dir: Path
     binaries: Binaries = field(default_factory=find_binaries)
     registry: ProcessRegistry = field(default_factory=ProcessRegistry)
-    # run_items: at most `workers` FFmpegs at once, while other threads fetch, verify and store
-    ffmpeg_slots: threading.Semaphore | None = field(default=None, repr=False)
     tokens: dict[str, list[str]] = field(init=False)
     guard: list[str] = field(init=False)
     output_guard: list[str] = field(init=False)  # the output is read back with an input's protection
@@ -207,9 +205,8 @@ def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
         result.status, result.reason, result.detail = NOT_DONE, "interrupted", "stopped before this file started"
         return result
     slot = Path(tempfile.mkdtemp(prefix="item-", dir=ctx.work_dir))
-    waited = [0.0]  # seconds spent waiting for an FFmpeg slot: not this file's time
     try:
-        _process(ctx, item, out_key, slot, result, waited)
+        _process(ctx, item, out_key, slot, result)
     except StorageError as exc:
         result.status = FAILED
         result.reason = "not_found" if isinstance(exc, NotFound) else "invalid_key" if isinstance(exc, InvalidKey) else "storage_error"
@@ -221,15 +218,14 @@ def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
         result.status, result.reason, result.detail = FAILED, "internal_error", f"{type(exc).__name__}: {exc}"
     finally:
         shutil.rmtree(slot, ignore_errors=True)
-        result.wall_seconds = round(time.monotonic() - started - waited[0], 4)
+        result.wall_seconds = round(time.monotonic() - started, 4)
     if result.status == FAILED and ctx.registry.stopping.is_set() and result.reason in ("ffmpeg_error", "timeout", "corrupt_input", "invalid_output"):
         # killed by our own shutdown: not the file's fault, so a retry must pick it up
         result.status, result.reason, result.detail = NOT_DONE, "interrupted", "stopped while processing"
     return result
 
 
-def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, result: ItemResult,
-             waited: list[float]) -> None:
+def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, result: ItemResult) -> None:
     req = ctx.request
     # 0. Keys that cannot name one distinct file (or object) where they are read or written.
     for role, store, key in (("input", ctx.input_store, item.key), ("output", ctx.output_store, out_key)):
@@ -249,23 +245,12 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
         return
     # 3. FFmpeg into a temp file; it becomes the output only after it probes as valid.
     dst = slot / ("output" + _temp_suffix(out_key))
-    if ctx.ffmpeg_slots is not None:
-        queued = time.monotonic()
-        ctx.ffmpeg_slots.acquire()
-        waited[0] = time.monotonic() - queued
-    try:
-        if ctx.registry.stopping.is_set():
-            result.status, result.reason, result.detail = NOT_DONE, "interrupted", "stopped before this file's FFmpeg started"
-            return
-        run = run_process(
-            ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry,
-            stderr_limit=audio_quality.ANALYSIS_STDERR_LIMIT if ctx.measuring else 64_000,
-            # the kernel keeps FFmpeg to its input and this file's own folder, whatever its options say
-            confinement=Confinement(read=(str(src),), write=(str(slot),), max_output_bytes=req.processing.max_output_bytes),
-        )
-    finally:
-        if ctx.ffmpeg_slots is not None:
-            ctx.ffmpeg_slots.release()  # the next file's FFmpeg starts while this one is verified and stored
+    run = run_process(
+        ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry,
+        stderr_limit=audio_quality.ANALYSIS_STDERR_LIMIT if ctx.measuring else 64_000,
+        # the kernel keeps FFmpeg to its input and this file's own folder, whatever its options say
+        confinement=Confinement(read=(str(src),), write=(str(slot),), max_output_bytes=req.processing.max_output_bytes),
+    )
     result.cpu_seconds += run.cpu_seconds
     info = parse_input_info(run.stderr)
     if info.parsed:
@@ -319,6 +304,10 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     out_read = read_media(dst, ctx.output_guard, ctx.binaries, ctx.registry)
     result.cpu_seconds += out_read.cpu_seconds
     problem = _verify_output(ctx, out_read.info, result)
+    if problem and not out_read.info:
+        unsupported = _NOT_ON_WHITELIST.search(out_read.stderr)
+        if unsupported:  # e.g. playlist bytes: read as such, they would name another file
+            problem += f" (it reads as {unsupported.group(1)}, a format ffleet does not read; see INPUT_FORMATS)"
     if problem:
         result.reason, result.detail = "invalid_output", problem
         return
@@ -395,10 +384,6 @@ def run_items(
     ctx.registry.stop_all() every remaining item is yielded as not_done.
     """
     workers = workers or default_workers()
-    # Twice as many threads as FFmpegs: while one thread verifies and stores a finished output (and,
-    # on S3, fetches the next input), another's FFmpeg already runs, so a core does not wait on
-    # Python between two files. A slot is taken only around FFmpeg itself.
-    ctx.ffmpeg_slots = threading.BoundedSemaphore(workers)
     iterator = iter(items)
     in_flight: set[Future] = set()
     lock = threading.Lock()
@@ -428,7 +413,7 @@ def run_items(
         return True
 
     try:
-        with ThreadPoolExecutor(max_workers=2 * workers, thread_name_prefix="ffleet") as pool:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ffleet") as pool:
             while len(in_flight) < 2 * workers and submit_next(pool):
                 pass
             while in_flight:

@@ -111,9 +111,10 @@ def test_ten_thousand_tiny_files_in_bounded_memory(tmp_path):
         fakes[name].write_text(body)
         fakes[name].chmod(fakes[name].stat().st_mode | stat.S_IEXEC)
     # the stand-in is a shell script that execs cp, which ffleet's sandbox refuses (it lets FFmpeg
-    # start no other program): this test measures the listing path, so it runs without the sandbox
+    # start no other program): this test measures the listing path, so it runs without the sandbox;
+    # its outputs are not media, so the stand-in ffprobe verifies them
     env = {"FFLEET_FFMPEG": str(fakes["ffmpeg"]), "FFLEET_FFPROBE": str(fakes["ffprobe"]),
-           "FFLEET_SANDBOX_HELPER": str(tmp_path / "no-sandbox-helper")}
+           "FFLEET_SANDBOX_HELPER": str(tmp_path / "no-sandbox-helper"), "FFLEET_VERIFY": "ffprobe"}
     results = {}
     for count in (500, 10_000):
         _tiny_files(tmp_path / f"in{count}", count)
