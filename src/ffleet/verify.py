@@ -43,9 +43,16 @@ _av_lock = threading.Lock()
 
 
 def _pyav():
-    """The av module, imported on first use; None where it is missing or FFLEET_VERIFY=ffprobe."""
+    """The av module, imported on first use, when FFLEET_VERIFY=pyav chooses it; else None (ffprobe).
+
+    Why ffprobe is the default: PyAV parses the output inside ffleet's own process, which the kernel
+    sandbox does not confine and which holds the AWS credentials in a Batch job. The whitelists and
+    the absence of decoders narrow what it parses, but a demuxer bug on bytes a user chose (-c copy)
+    would run there. ffprobe runs in the sandbox like FFmpeg, for about 6 ms of CPU per file with the
+    static build (bench/verify_cost.py). FFLEET_VERIFY=pyav trades that isolation for the time.
+    """
     global _av
-    if os.environ.get("FFLEET_VERIFY") == "ffprobe":
+    if os.environ.get("FFLEET_VERIFY") != "pyav":
         return None
     if _av is None:
         with _av_lock:
