@@ -339,3 +339,12 @@ def test_a_cap_refusal_names_the_request_field(four_cpus):
     fields = dict(exc.value.problems)
     assert "4 CPUs" in fields["input.file_options"] and "384000 Hz" in fields["output.file_options"]
     assert "-filter_threads" in fields["global.options"]
+
+
+def test_an_inputs_own_forbidden_extension_gets_no_muxer():
+    """Without output.extension an output keeps its input's extension: the work file then has none,
+    and FFmpeg fails the file instead of writing a playlist and its segments."""
+    from ffleet.worker import _temp_suffix
+
+    assert _temp_suffix("in/list.m3u8") == "" and _temp_suffix("in/frame.PNG") == ""
+    assert _temp_suffix("in/song.flac") == ".flac"
