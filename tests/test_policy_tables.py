@@ -309,7 +309,9 @@ def test_stream_loop_cap():
     (f"aresample=out_sample_rate={MAX_SAMPLE_RATE + 1}", False), (f"sine=isr={MAX_SAMPLE_RATE + 1}", False),
     (f"sine=in_sample_rate={MAX_SAMPLE_RATE + 1}", False),
     (f"pan={MAX_CHANNELS + 1}c|c0=c0", False), ("pan=mono|c0=FL", True), (f"aformat=cl={MAX_CHANNELS + 1}c", False),
-    (f"aformat=channel_layouts=stereo|{MAX_CHANNELS + 1}c", False), (f"aformat={MAX_CHANNELS + 1}c", False),
+    (f"aformat=channel_layouts=stereo|{MAX_CHANNELS + 1}c", False), (f"aformat=s16:48000:{MAX_CHANNELS + 1}c", False),
+    (f"aformat=s16:{MAX_SAMPLE_RATE + 1}", False), ("aformat=s16:48000:stereo", True), ("aresample=48000:linear", True),
+    (f"volume={MAX_CHANNELS + 1}c", True), (f"anull@a@b", True),
     (f"anullsrc=channel_layout={MAX_CHANNELS + 1}c", False), (f"anullsrc=ch_layout={MAX_CHANNELS + 1}c", False),
     (f"aresample=ocl={MAX_CHANNELS + 1}c", False), (f"aresample=ochl={MAX_CHANNELS + 1}c", False),
     (f"aresample=out_channel_layout={MAX_CHANNELS + 1}c", False),
@@ -319,7 +321,7 @@ def test_stream_loop_cap():
     (f"scale_qsv={MAX_FRAME_SIDE + 1}:10", False),
     (f"scale=w={MAX_FRAME_SIDE + 1}", False), (f"scale=h={MAX_FRAME_SIDE + 1}", False),
     (f"scale=width={MAX_FRAME_SIDE + 1}", False), (f"scale=height={MAX_FRAME_SIDE + 1}", False),
-    (f"pad=ow={MAX_FRAME_SIDE + 1}", False), (f"pad=oh={MAX_FRAME_SIDE + 1}", False),
+    (f"scale=10:10:{MAX_FRAME_SIDE + 1}", True), (f"scale=W={MAX_FRAME_SIDE + 1}", False),
     (f"color=s={MAX_FRAME_SIDE + 1}x10", False), (f"color=s={MAX_FRAME_SIDE}x10", True),
     ("scale=iw/2:ih/2", True), (f"crop={MAX_FRAME_SIDE + 1}:10", True),
 ])
@@ -348,3 +350,30 @@ def test_an_inputs_own_forbidden_extension_gets_no_muxer():
 
     assert _temp_suffix("in/list.m3u8") == "" and _temp_suffix("in/frame.PNG") == ""
     assert _temp_suffix("in/song.flac") == ".flac"
+
+
+def test_numbers_take_a_kilo_suffix_only_where_a_rate_does():
+    assert parse_options("-ar 48k")
+    assert "whole number" in refused("-ac 0.064k")
+    assert "loop count" in refused("-stream_loop 0.001k")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(policy, "usable_cpus", lambda: 4)
+        assert "whole number" in refused("-threads 0.001k")
+
+
+def test_layout_counts_are_read_in_any_case():
+    for layout in [f"{MAX_CHANNELS + 1}C", "'AMBISONIC 8'", f"'{MAX_CHANNELS + 1} c'"]:
+        assert "channels" in refused(f"-ch_layout {layout}"), layout
+    assert parse_options("-ch_layout 5.1") and parse_options("-ch_layout 'ambisonic 7+stereo'")
+
+
+@pytest.mark.parametrize("params", ["keyint=2:", "keyint='2:x'", "keyint=2:bframes=3", " keyint = 2 "])
+def test_encoder_parameters_split_as_ffmpeg_does(params):
+    """FFmpeg's av_dict_parse_string: a trailing ':' ends the list, a quoted ':' stays in the value."""
+    assert parse_options(f"-x264-params {_shell(params)}")
+
+
+def test_a_refusal_carries_its_token_and_reason():
+    with pytest.raises(OptionPolicyError) as exc:
+        parse_options("-c:a flac -i x")
+    assert (exc.value.token, exc.value.reason) == ("-i", "only ffleet names the input (-i)")
