@@ -91,6 +91,15 @@ def test_refusal_reaches_the_request_field():
     assert "-vstats_file" in fields["global.options"]
 
 
+def test_option_pairs_gives_an_unknown_flag_no_value():
+    """parse_options refuses an unknown flag before its value could matter; the walk must not
+    swallow the next token either, so a bare word after it is still seen."""
+    from ffleet.policy import option_pairs
+
+    assert list(option_pairs(["-nosuchflag", "x.wav", "-ss", "1"])) == [("-nosuchflag", None), ("x.wav", None), ("-ss", "1")]
+    assert list(option_pairs(["-ss"])) == [("-ss", None)]
+
+
 def test_option_pairs_never_takes_a_value_for_a_flag():
     from ffleet.policy import option_pairs
 
@@ -119,6 +128,10 @@ AV_GET_TOKEN = [
     ("\\f\\o\\o", ":", "foo", ""),
     ("'\\fo\\o:': blahblah", ":", "\\fo\\o:", ": blahblah"),  # no escapes inside quotes
     ("a,b;c", ",;", "a", ",b;c"),
+    ("   ", ":", "", ""),
+    ("'' ", ":", "", ""),
+    ("'a':'b'", ":", "a", ":'b'"),
+    ("x'a'b':c", ":", "xab:c", ""),
 ]
 
 
