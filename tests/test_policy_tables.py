@@ -377,3 +377,22 @@ def test_a_refusal_carries_its_token_and_reason():
     with pytest.raises(OptionPolicyError) as exc:
         parse_options("-c:a flac -i x")
     assert (exc.value.token, exc.value.reason) == ("-i", "only ffleet names the input (-i)")
+
+
+TOO_BIG = {"rate": str(MAX_SAMPLE_RATE + 1), "layout": f"{MAX_CHANNELS + 1}c", "side": str(MAX_FRAME_SIDE + 1)}
+JUST_RIGHT = {"rate": str(MAX_SAMPLE_RATE), "layout": f"{MAX_CHANNELS}c", "side": str(MAX_FRAME_SIDE)}
+
+
+@pytest.mark.parametrize("key,kind", sorted(policy._OPTION_KINDS.items()))
+def test_each_capped_filter_option_is_capped(key, kind):
+    check_filtergraph(f"anull={key}={JUST_RIGHT[kind]}")
+    with pytest.raises(OptionPolicyError):
+        check_filtergraph(f"anull={key}={TOO_BIG[kind]}")
+
+
+@pytest.mark.parametrize("name,position,kind", sorted((n, p, k) for (n, p), k in policy._POSITIONAL_KINDS.items()))
+def test_each_capped_positional_filter_value_is_capped(name, position, kind):
+    values = ["1"] * position
+    check_filtergraph(f"{name}={':'.join([*values, JUST_RIGHT[kind]])}")
+    with pytest.raises(OptionPolicyError):
+        check_filtergraph(f"{name}={':'.join([*values, TOO_BIG[kind]])}")
