@@ -91,8 +91,109 @@ def test_refusal_reaches_the_request_field():
     assert "-vstats_file" in fields["global.options"]
 
 
+def test_option_pairs_gives_an_unknown_flag_no_value():
+    """parse_options refuses an unknown flag before its value could matter; the walk must not
+    swallow the next token either, so a bare word after it is still seen."""
+    from ffleet.policy import option_pairs
+
+    assert list(option_pairs(["-nosuchflag", "x.wav", "-ss", "1"])) == [("-nosuchflag", None), ("x.wav", None), ("-ss", "1")]
+    assert list(option_pairs(["-ss"])) == [("-ss", None)]
+
+
 def test_option_pairs_never_takes_a_value_for_a_flag():
     from ffleet.policy import option_pairs
 
     tokens = parse_options("-metadata -ss -vn -c:a flac -t 5")
     assert list(option_pairs(tokens)) == [("-metadata", "-ss"), ("-vn", None), ("-c:a", "flac"), ("-t", "5")]
+
+
+# FFmpeg's av_get_token (libavutil/avstring.c), the tokeniser of filter graphs, filter options and
+# option dictionaries: cases from FFmpeg's own avstring test, read off its C code.
+AV_GET_TOKEN = [
+    # (text, separators, token, what is left)
+    ("", ":", "", ""),
+    (":", ":", "", ":"),
+    ("\\", ":", "\\", ""),  # a lone trailing backslash is kept
+    ("'", ":", "", ""),
+    ("    ''    :", ":", "", ":"),
+    ("foo   '' :", ":", "foo   ", ":"),  # quoted text (even empty) protects the whitespace before it
+    ("'foo'", ":", "foo", ""),
+    ("foo     ", ":", "foo", ""),
+    ("  '  foo  '  ", ":", "  foo  ", ""),
+    ("foo':  blah:blah", ":", "foo:  blah:blah", ""),  # an unclosed quote runs to the end
+    ("foo\\:  blah:blah", ":", "foo:  blah", ":blah"),
+    ("'foo :  '  :blahblah", ":", "foo :  ", ":blahblah"),
+    ("\\ :blah", ":", " ", ":blah"),
+    ("      foo     \\ ", ":", "foo      ", ""),
+    ("\\f\\o\\o", ":", "foo", ""),
+    ("'\\fo\\o:': blahblah", ":", "\\fo\\o:", ": blahblah"),  # no escapes inside quotes
+    ("a,b;c", ",;", "a", ",b;c"),
+    ("   ", ":", "", ""),
+    ("'' ", ":", "", ""),
+    ("'a':'b'", ":", "a", ":'b'"),
+    ("x'a'b':c", ":", "xab:c", ""),
+]
+
+
+@pytest.mark.parametrize("text,seps,token,rest", AV_GET_TOKEN)
+def test_av_get_token_reads_as_ffmpeg_does(text, seps, token, rest):
+    from ffleet.policy import _av_get_token
+
+    got, pos = _av_get_token(text, 0, seps)
+    assert (got, text[pos:]) == (token, rest)
+
+
+@pytest.mark.parametrize("graph,filters", [
+    ("anull", [("anull", None)]),
+    ("volume=0.5 , aresample=16000", [("volume", "0.5"), ("aresample", "16000")]),
+    ("[0:a] asplit=2 [a][b]; [a][b] amix=inputs=2 [out]", [("asplit", "2"), ("amix", "inputs=2")]),
+    ("sws_flags=bicubic;[in]scale=320:-2[out]", [("scale", "320:-2")]),
+    ("volume='1\\',amovie=x", [("volume", "1\\"), ("amovie", "x")]),
+    ("[a',b']volume", [("volume", None)]),  # quotes inside a link label too
+    ("volume@my\\,name=2", [("volume@my,name", "2")]),
+])
+def test_filter_graphs_split_as_ffmpeg_does(graph, filters):
+    from ffleet.policy import _filter_specs
+
+    assert list(_filter_specs(graph)) == filters
+
+
+@pytest.mark.parametrize("graph,word", [
+    ("sws_flags=bicubic", "sws_flags"), ("[in", "not closed"), ("[in]anull[out]x", "filter graph"),
+    ("anull[out] x", "filter graph"), ("anull,", "not a filter name"), ("", "not a filter name"),
+    ("vol ume", "not a filter name"),
+])
+def test_graphs_ffmpeg_would_not_parse_are_refused(graph, word):
+    from ffleet.policy import check_filtergraph
+
+    with pytest.raises(OptionPolicyError) as exc:
+        check_filtergraph(graph)
+    assert word in str(exc.value)
+
+
+@pytest.mark.parametrize("args,options", [
+    ("0.5", [(None, "0.5")]),
+    ("volume=0.5:precision=float", [("volume", "0.5"), ("precision", "float")]),
+    (" volume = 0.5 : 1", [("volume", "0.5"), (None, "1")]),  # whitespace around keys and values goes
+    ("a\\:b=1:c", [(None, "a:b=1"), (None, "c")]),  # an escaped ':' makes the first a positional value
+    ("/volume=x", [("/volume", "x")]),
+    ("'x:y'=1", [(None, "x:y=1")]),
+    ("f=80:", [("f", "80")]),
+])
+def test_filter_options_split_as_ffmpeg_does(args, options):
+    from ffleet.policy import _filter_args
+
+    assert list(_filter_args(args)) == options
+
+
+def test_usable_cpus_follow_affinity_and_quota(tmp_path):
+    from ffleet.cpus import usable_cpus
+
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path) == cpus
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    assert usable_cpus(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text(f"{(cpus + 4) * 100000} 100000\n")
+    assert usable_cpus(tmp_path) == cpus

@@ -309,7 +309,9 @@ def test_stream_loop_cap():
     (f"aresample=out_sample_rate={MAX_SAMPLE_RATE + 1}", False), (f"sine=isr={MAX_SAMPLE_RATE + 1}", False),
     (f"sine=in_sample_rate={MAX_SAMPLE_RATE + 1}", False),
     (f"pan={MAX_CHANNELS + 1}c|c0=c0", False), ("pan=mono|c0=FL", True), (f"aformat=cl={MAX_CHANNELS + 1}c", False),
-    (f"aformat=channel_layouts=stereo|{MAX_CHANNELS + 1}c", False), (f"aformat={MAX_CHANNELS + 1}c", False),
+    (f"aformat=channel_layouts=stereo|{MAX_CHANNELS + 1}c", False), (f"aformat=s16:48000:{MAX_CHANNELS + 1}c", False),
+    (f"aformat=s16:{MAX_SAMPLE_RATE + 1}", False), ("aformat=s16:48000:stereo", True), ("aresample=48000:linear", True),
+    (f"volume={MAX_CHANNELS + 1}c", True), (f"anull@a@b", True),
     (f"anullsrc=channel_layout={MAX_CHANNELS + 1}c", False), (f"anullsrc=ch_layout={MAX_CHANNELS + 1}c", False),
     (f"aresample=ocl={MAX_CHANNELS + 1}c", False), (f"aresample=ochl={MAX_CHANNELS + 1}c", False),
     (f"aresample=out_channel_layout={MAX_CHANNELS + 1}c", False),
@@ -319,7 +321,7 @@ def test_stream_loop_cap():
     (f"scale_qsv={MAX_FRAME_SIDE + 1}:10", False),
     (f"scale=w={MAX_FRAME_SIDE + 1}", False), (f"scale=h={MAX_FRAME_SIDE + 1}", False),
     (f"scale=width={MAX_FRAME_SIDE + 1}", False), (f"scale=height={MAX_FRAME_SIDE + 1}", False),
-    (f"pad=ow={MAX_FRAME_SIDE + 1}", False), (f"pad=oh={MAX_FRAME_SIDE + 1}", False),
+    (f"scale=10:10:{MAX_FRAME_SIDE + 1}", True), (f"scale=W={MAX_FRAME_SIDE + 1}", False),
     (f"color=s={MAX_FRAME_SIDE + 1}x10", False), (f"color=s={MAX_FRAME_SIDE}x10", True),
     ("scale=iw/2:ih/2", True), (f"crop={MAX_FRAME_SIDE + 1}:10", True),
 ])
@@ -339,3 +341,58 @@ def test_a_cap_refusal_names_the_request_field(four_cpus):
     fields = dict(exc.value.problems)
     assert "4 CPUs" in fields["input.file_options"] and "384000 Hz" in fields["output.file_options"]
     assert "-filter_threads" in fields["global.options"]
+
+
+def test_an_inputs_own_forbidden_extension_gets_no_muxer():
+    """Without output.extension an output keeps its input's extension: the work file then has none,
+    and FFmpeg fails the file instead of writing a playlist and its segments."""
+    from ffleet.worker import _temp_suffix
+
+    assert _temp_suffix("in/list.m3u8") == "" and _temp_suffix("in/frame.PNG") == ""
+    assert _temp_suffix("in/song.flac") == ".flac"
+
+
+def test_numbers_take_a_kilo_suffix_only_where_a_rate_does():
+    assert parse_options("-ar 48k")
+    assert "whole number" in refused("-ac 0.064k")
+    assert "loop count" in refused("-stream_loop 0.001k")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(policy, "usable_cpus", lambda: 4)
+        assert "whole number" in refused("-threads 0.001k")
+
+
+def test_layout_counts_are_read_in_any_case():
+    for layout in [f"{MAX_CHANNELS + 1}C", "'AMBISONIC 8'", f"'{MAX_CHANNELS + 1} c'"]:
+        assert "channels" in refused(f"-ch_layout {layout}"), layout
+    assert parse_options("-ch_layout 5.1") and parse_options("-ch_layout 'ambisonic 7+stereo'")
+
+
+@pytest.mark.parametrize("params", ["keyint=2:", "keyint='2:x'", "keyint=2:bframes=3", " keyint = 2 "])
+def test_encoder_parameters_split_as_ffmpeg_does(params):
+    """FFmpeg's av_dict_parse_string: a trailing ':' ends the list, a quoted ':' stays in the value."""
+    assert parse_options(f"-x264-params {_shell(params)}")
+
+
+def test_a_refusal_carries_its_token_and_reason():
+    with pytest.raises(OptionPolicyError) as exc:
+        parse_options("-c:a flac -i x")
+    assert (exc.value.token, exc.value.reason) == ("-i", "only ffleet names the input (-i)")
+
+
+TOO_BIG = {"rate": str(MAX_SAMPLE_RATE + 1), "layout": f"{MAX_CHANNELS + 1}c", "side": str(MAX_FRAME_SIDE + 1)}
+JUST_RIGHT = {"rate": str(MAX_SAMPLE_RATE), "layout": f"{MAX_CHANNELS}c", "side": str(MAX_FRAME_SIDE)}
+
+
+@pytest.mark.parametrize("key,kind", sorted(policy._OPTION_KINDS.items()))
+def test_each_capped_filter_option_is_capped(key, kind):
+    check_filtergraph(f"anull={key}={JUST_RIGHT[kind]}")
+    with pytest.raises(OptionPolicyError):
+        check_filtergraph(f"anull={key}={TOO_BIG[kind]}")
+
+
+@pytest.mark.parametrize("name,position,kind", sorted((n, p, k) for (n, p), k in policy._POSITIONAL_KINDS.items()))
+def test_each_capped_positional_filter_value_is_capped(name, position, kind):
+    values = ["1"] * position
+    check_filtergraph(f"{name}={':'.join([*values, JUST_RIGHT[kind]])}")
+    with pytest.raises(OptionPolicyError):
+        check_filtergraph(f"{name}={':'.join([*values, TOO_BIG[kind]])}")

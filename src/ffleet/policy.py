@@ -149,16 +149,22 @@ MAX_SAMPLE_RATE = 384_000
 MAX_CHANNELS = 64
 MAX_FRAME_SIDE = 8192
 MAX_STREAM_LOOP = 100
-# filter options holding a sample rate (or a '|' list of them), and filters whose first positional
-# value is one
-_RATE_OPTIONS = {"sample_rate", "sample_rates", "out_sample_rate", "osr", "in_sample_rate", "isr"}
-_RATE_FIRST_FILTERS = {"aresample", "asetrate"}
-# filter options holding a channel layout (or a '|' list of them), and filters whose first positional
-# value is one
-_LAYOUT_OPTIONS = {"channel_layout", "channel_layouts", "cl", "ch_layout", "out_channel_layout", "ocl", "ochl"}
-_LAYOUT_FIRST_FILTERS = {"pan", "aformat"}
-_SIZE_KEYS = {"w", "h", "width", "height", "ow", "oh"}
-_SIZE_FIRST_FILTERS = {"scale", "pad", "scale_cuda", "scale_npp", "scale_vaapi", "scale_qsv"}
+# What a filter option holds, by name, and by position for a value given without a name (FFmpeg
+# fills a filter's options in declaration order): a sample rate (or a '|' list of them), a channel
+# layout (or a list), or a frame side in pixels (checked when a plain number).
+_OPTION_KINDS = {
+    "sample_rate": "rate", "sample_rates": "rate", "out_sample_rate": "rate", "osr": "rate",
+    "in_sample_rate": "rate", "isr": "rate",
+    "channel_layout": "layout", "channel_layouts": "layout", "cl": "layout", "ch_layout": "layout",
+    "out_channel_layout": "layout", "ocl": "layout", "ochl": "layout",
+    "w": "side", "h": "side", "width": "side", "height": "side",
+}
+_POSITIONAL_KINDS = {
+    ("aresample", 0): "rate", ("asetrate", 0): "rate", ("aformat", 1): "rate", ("aformat", 2): "layout",
+    ("pan", 0): "layout",
+    **{(scaler, i): "side" for scaler in ("scale", "pad", "scale_cuda", "scale_npp", "scale_vaapi", "scale_qsv")
+       for i in (0, 1)},
+}
 
 _WHITESPACE = " \n\t\r"
 
@@ -435,15 +441,14 @@ def _check_filter(spec_name: str, args: str | None) -> None:
             raise OptionPolicyError(where, "this filter has an option that names a file: give its options as key=value")
         if "://" in value or _PROTOCOL_PATTERN.search(value):
             raise OptionPolicyError(where, "filter arguments must not name a protocol")
-        first = key is None and position == 0
-        if (key or "").lower() in _RATE_OPTIONS or (first and name in _RATE_FIRST_FILTERS):
+        kind = _OPTION_KINDS.get(key.lower()) if key else _POSITIONAL_KINDS.get((name, position))
+        if kind == "rate":
             _check_sample_rates(where, value)
-        if (key or "").lower() in _LAYOUT_OPTIONS or (first and name in _LAYOUT_FIRST_FILTERS):
+        if kind == "layout":
             _check_layouts(where, value)
-        _check_frame_sizes(where, value)
-        if ((key or "").lower() in _SIZE_KEYS or (key is None and position < 2 and name in _SIZE_FIRST_FILTERS)) \
-                and re.fullmatch(r"\d+", value.strip()) and int(value) > MAX_FRAME_SIDE:
+        if kind == "side" and re.fullmatch(r"\d+", value.strip()) and int(value) > MAX_FRAME_SIDE:
             raise OptionPolicyError(where, f"frames above {MAX_FRAME_SIDE} pixels a side are not allowed")
+        _check_frame_sizes(where, value)
 
 
 def refused_output_extension(name: str) -> str | None:
