@@ -111,3 +111,13 @@ def test_quick_mutation_run(tmp_path):
                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "keys.py" in run.stdout
+
+
+def test_decorated_functions_get_mutmuts_mutations():
+    source = ('import functools\n\n\ndef plain(x):\n    return x + 1\n\n\nclass C:\n    @property\n'
+              '    def p(self):\n        return self.a and self.b\n\n    @staticmethod\n    def s(x):\n        return x - 1\n')
+    got = tool.decorated_mutants("m", source)
+    assert got and all(m.where.startswith("p line 11: ") for m in got)  # not plain() nor s(): mutmut does those
+    assert any("return self.a or self.b" in m.source for m in got)
+    for m in got:
+        ast.parse(m.source)

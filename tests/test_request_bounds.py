@@ -351,3 +351,10 @@ def test_json_error_message_names_the_source_and_the_parser_error(tmp_path):
     with pytest.raises(RequestError) as exc:
         load_request(path)
     assert exc.value.problems == [("(request)", f"{path} is not valid JSON (line 1, column 10): Expecting value")]
+
+
+@pytest.mark.parametrize("name,value", [("min_seconds", 1), ("max_seconds", 9), ("max_silence_ratio", 0.5),
+                                        ("min_lufs", -30), ("max_lufs", -10), ("reject_clipped", True)])
+def test_each_quality_filter_alone_is_a_filter(name, value):
+    q = parse_request(req("quality", **{name: value})).quality
+    assert q.has_filters and q.measuring  # measure unset: on because a filter is set
