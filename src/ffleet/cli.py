@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from ffleet import __version__
 from ffleet.request import RequestError, load_request
-
-EXIT_OK, EXIT_FAILURES, EXIT_INVALID = 0, 1, 2
+from ffleet.results import EXIT_FAILURES, EXIT_INVALID, EXIT_OK  # noqa: F401 (submit imports them from here)
 
 
 def _print_request_error(path: str, exc: RequestError) -> None:
@@ -209,7 +209,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="upload a job request to a deployed stack's trigger bucket (starts a cloud run)")
     p.add_argument("request", help="path of the job request (JSON)")
     p.add_argument("--stack", required=True, help="name of the deployed ffleet stack (sam deploy's stack_name)")
+    _follow_flags(p)
     p.set_defaults(func=cmd_submit)
+
+    def cmd_follow(args: argparse.Namespace) -> int:  # imported on use, as above
+        from ffleet import follow
+
+        return getattr(follow, f"cmd_{args.command}")(args)
+
+    stack_help = "the ffleet stack (default: $FFLEET_STACK); needed unless RUN is an execution ARN"
+    run_help = "execution name or ARN, or the request's key (s3://TRIGGER/jobs/....json or jobs/....json)"
+    p = sub.add_parser("status", help="state and progress of a cloud run (--wait: follow it to the end); --list: recent runs",
+                       description="Exit codes as `ffleet run` once the run has ended: 0 within tolerance, 1 not "
+                       "within tolerance, failed, timed out or aborted, 2 invalid request; 0 while it runs.")
+    p.add_argument("run", nargs="?", help=run_help)
+    p.add_argument("--stack", default=os.environ.get("FFLEET_STACK"), help=stack_help)
+    p.add_argument("--list", action="store_true", help="the stack's recent runs: name, state, files done/failed, started, duration")
+    p.add_argument("--limit", type=int, default=20, help="runs --list shows (default 20)")
+    _follow_flags(p)
+    p.set_defaults(func=cmd_follow)
+
+    p = sub.add_parser("cancel", help="stop a cloud run (StopExecution) and report what had finished")
+    p.add_argument("run", help=run_help)
+    p.add_argument("--stack", default=os.environ.get("FFLEET_STACK"), help=stack_help)
+    p.add_argument("--json", action="store_true", help="print the summary object as JSON on stdout")
+    p.set_defaults(func=cmd_follow)
+
+    p = sub.add_parser("redrive", help="submit a finished cloud run's failed-files.jsonl as a new request (same options)")
+    p.add_argument("run", help=run_help)
+    p.add_argument("--stack", default=os.environ.get("FFLEET_STACK"), help="the ffleet stack (default: $FFLEET_STACK)")
+    _follow_flags(p)
+    p.set_defaults(func=cmd_follow)
 
     def cmd_doctor(args: argparse.Namespace) -> int:  # imported on use, as above
         from ffleet.doctor import cmd_doctor as run_doctor
@@ -222,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
     p.set_defaults(func=cmd_doctor)
     return parser
+
+
+def _follow_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true", help="follow the run to its end (progress on stderr) and exit as `ffleet run` does")
+    p.add_argument("--json", action="store_true", help="print the summary object as JSON on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or lines on stderr")
 
 
 def main(argv: list[str] | None = None) -> int:
