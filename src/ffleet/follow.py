@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -371,20 +372,15 @@ class RunWatch:
                 continue
             reads += 1
             body = self.pace.call("GetObject", self.s3.get_object, Bucket=self.results_bucket, Key=key)["Body"].read()
-            done = failed = 0
-            for line in body.splitlines():
-                try:
-                    status = json.loads(line).get("status") if line.strip() else None
-                except (json.JSONDecodeError, AttributeError):
-                    continue
-                done += status in (SUCCEEDED, SKIPPED)
-                failed += status in (FAILED, NOT_DONE)
-            self._records[key] = (etag, done, failed)
+            statuses = Counter(m.decode() for m in _RECORD_STATUS.findall(body))
+            self._records[key] = (etag, statuses[SUCCEEDED] + statuses[SKIPPED], statuses[FAILED] + statuses[NOT_DONE])
 
     # --- the end -------------------------------------------------------------------------------
     def summary(self) -> tuple[dict[str, Any] | None, str]:
         """The run's summary.json, or (when the summarizer never ran) one made from its records
         here, without writing; and a note saying which."""
+        if not self.results_bucket:
+            return None, "the execution's input names no results bucket"
         key = self.results_prefix + SUMMARY_FILE
         try:
             body = self.pace.call("GetObject", self.s3.get_object, Bucket=self.results_bucket, Key=key)["Body"].read()
@@ -404,6 +400,12 @@ class RunWatch:
             tolerated_failure_percent=self.tolerated_failure_percent, write=write,
         )
         return result.summary
+
+
+# A record's own status: the first "status" of its line (ItemResult.to_json writes key, then status;
+# a quote inside the key is escaped, so the key cannot hold this pattern). A regex over the whole
+# object, not json.loads per line: a long run's follower reads every records file once.
+_RECORD_STATUS = re.compile(rb'(?m)^\{[^\n]*?"status": *"([a-z_]+)"')
 
 
 def _utc(value: Any) -> datetime | None:
