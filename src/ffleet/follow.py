@@ -34,6 +34,10 @@ class FollowError(RuntimeError):
     """The run cannot be found or followed (the run itself is not affected)."""
 
 
+class GaveUp(FollowError):
+    """AWS kept refusing (throttling, 5xx): following stops; the run goes on."""
+
+
 class Rejected(Exception):
     """The stack refused the request: its .rejected.json, naming each bad field."""
 
@@ -86,7 +90,7 @@ class Pace:
                 self.throttled += 1
                 in_a_row += 1
                 if in_a_row >= MAX_TRANSIENT_IN_A_ROW:
-                    raise FollowError(f"{api} still answers {_code(exc)} after {in_a_row} tries") from None
+                    raise GaveUp(f"{api} still answers {_code(exc)} after {in_a_row} tries") from None
                 self.interval = min(self.interval * 2, self.cap)
                 self.sleep(self.interval)
 
@@ -132,9 +136,10 @@ def await_start(sfn, s3, *, state_machine_arn: str, name: str, bucket: str, key:
         if note is not None:
             raise Rejected(f"s3://{bucket}/{key}{REJECTED_SUFFIX}", note)
         if pace.clock() >= deadline:
+            waited = f" after {timeout:.0f} s" if timeout else " yet"
             raise FollowError(
-                f"no execution {name} and no {key}{REJECTED_SUFFIX} after {timeout:.0f} s: is the trigger "
-                "bucket's event notification in place? The start function's log says what it received"
+                f"no execution {name} for s3://{bucket}/{key} and no {REJECTED_SUFFIX} beside it{waited}: is the "
+                "trigger bucket's event notification in place? The start function's log says what it received"
             )
         pace.wait()
 
@@ -576,6 +581,10 @@ def watch_to_end(watch: RunWatch, args, now: Callable[[], datetime] | None = Non
         print(f"\nffleet: stopped following {watch.name}; the run goes on. Resume with: "
               f"{resume_hint(watch.name, getattr(args, 'stack', None))}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except GaveUp as exc:
+        print(f"ffleet: {exc}; stopped following {watch.name}, the run goes on. Resume with: "
+              f"{resume_hint(watch.name, getattr(args, 'stack', None))}", file=sys.stderr)
+        return EXIT_FAILURES
     return finish(watch, snap, args)
 
 
@@ -615,6 +624,9 @@ def _guard(command: Callable[[], int]) -> int:
     except Rejected as exc:
         print_rejection(exc)
         return EXIT_INVALID
+    except GaveUp as exc:
+        print(f"ffleet: {exc}; the run goes on", file=sys.stderr)
+        return EXIT_FAILURES
     except (FollowError, SubmitError, ValueError) as exc:
         print(f"ffleet: {exc}", file=sys.stderr)
         return EXIT_INVALID
