@@ -509,26 +509,40 @@ def follow(watch: RunWatch, view: ProgressView | None = None) -> Snapshot:
 
 
 # --- commands --------------------------------------------------------------------------------
-@dataclass
 class Clients:
-    """AWS clients, made on first use (tests hand in moto's or stubbed ones)."""
+    """AWS clients, each made on first use (tests hand in moto's or stubbed ones). region: the run's
+    own, when RUN is an ARN."""
 
-    sfn: Any = None
-    s3: Any = None
-    cfn: Any = None
+    def __init__(self, sfn=None, s3=None, cfn=None, region: str | None = None):
+        self._made = {"sfn": sfn, "s3": s3, "cfn": cfn}
+        self.region = region
 
-    def __post_init__(self) -> None:
-        import boto3
-        from botocore.config import Config
+    def _client(self, kind: str):
+        if self._made[kind] is None:
+            import boto3
+            from botocore.config import Config
 
-        # botocore retries a throttled call a few times itself; Pace backs off beyond that
-        config = Config(retries={"max_attempts": 3, "mode": "standard"})
-        self.sfn = self.sfn or boto3.client("stepfunctions", config=config)
-        if self.s3 is None:
-            from ffleet.storage import s3_client
+            # botocore retries a throttled call a few times itself; Pace backs off beyond that
+            config = Config(retries={"max_attempts": 3, "mode": "standard"})
+            where = {"region_name": self.region} if self.region else {}
+            if kind == "s3":
+                from ffleet.storage import s3_client
 
-            self.s3 = s3_client()
-        self.cfn = self.cfn or boto3.client("cloudformation", config=config)
+                self._made[kind] = s3_client() if not self.region else boto3.client("s3", **where)
+            else:
+                self._made[kind] = boto3.client("stepfunctions" if kind == "sfn" else "cloudformation",
+                                                config=config, **where)
+        return self._made[kind]
+
+    sfn = property(lambda self: self._client("sfn"))
+    s3 = property(lambda self: self._client("s3"))
+    cfn = property(lambda self: self._client("cfn"))
+
+
+def _clients_for(args) -> Clients:
+    run = getattr(args, "run", None) or ""
+    parts = run.split(":")
+    return Clients(region=parts[3] if run.startswith("arn:") and len(parts) > 3 and parts[3] else None)
 
 
 def _stack_outputs(args, clients: Clients) -> Callable[[], dict[str, str]]:
@@ -590,27 +604,32 @@ def watch_to_end(watch: RunWatch, args, now: Callable[[], datetime] | None = Non
 
 def follow_submitted(sent: dict[str, str], args, clients: Clients | None = None, pace: Pace | None = None) -> int:
     """`ffleet submit ... --wait`: wait for the execution the start Lambda begins, then follow it."""
-    clients = clients or Clients()
+    clients = clients or _clients_for(args)
     pace = pace or Pace()
     bucket, key = split_s3_uri(sent["uri"])
-    try:
-        arn = await_start(clients.sfn, clients.s3, state_machine_arn=sent["state_machine_arn"],
-                          name=sent["execution_name"], bucket=bucket, key=key, pace=pace)
-    except Rejected as exc:
-        print_rejection(exc)
-        return EXIT_INVALID
-    except FollowError as exc:
-        print(f"ffleet: {exc}", file=sys.stderr)
-        return EXIT_FAILURES
-    except KeyboardInterrupt:
-        print(f"\nffleet: stopped waiting; resume with: {resume_hint(sent['execution_name'], args.stack)}",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(f"ffleet: following {arn}", file=sys.stderr)
-    return watch_to_end(RunWatch(clients.sfn, clients.s3, arn, pace), args)
+
+    def wait_and_follow() -> int:
+        try:
+            arn = await_start(clients.sfn, clients.s3, state_machine_arn=sent["state_machine_arn"],
+                              name=sent["execution_name"], bucket=bucket, key=key, pace=pace)
+        except GaveUp:
+            raise
+        except FollowError as exc:  # the request was uploaded but no run started
+            print(f"ffleet: {exc}", file=sys.stderr)
+            return EXIT_FAILURES
+        except KeyboardInterrupt:
+            print(f"\nffleet: stopped waiting; resume with: {resume_hint(sent['execution_name'], args.stack)}",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+        print(f"ffleet: following {arn}", file=sys.stderr)
+        return watch_to_end(RunWatch(clients.sfn, clients.s3, arn, pace), args)
+
+    return _guard(wait_and_follow)
 
 
 def _watch_for(args, clients: Clients, pace: Pace) -> RunWatch:
+    if not args.run.startswith("arn:") and not getattr(args, "stack", None):
+        raise FollowError(f"give --stack NAME (or set FFLEET_STACK) to find run {args.run!r}, or give its execution ARN")
     arn = resolve_run(args.run, sfn=clients.sfn, s3=clients.s3, outputs=_stack_outputs(args, clients), pace=pace)
     return RunWatch(clients.sfn, clients.s3, arn, pace)
 
@@ -634,6 +653,11 @@ def _guard(command: Callable[[], int]) -> int:
         print("\nffleet: interrupted; the run goes on", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
+        from botocore.exceptions import BotoCoreError
+
+        if isinstance(exc, BotoCoreError):  # no region, no credentials, no connection
+            print(f"ffleet: {exc}", file=sys.stderr)
+            return EXIT_FAILURES
         if not _code(exc):
             raise
         print(f"ffleet: AWS refused: {exc}", file=sys.stderr)
@@ -642,7 +666,7 @@ def _guard(command: Callable[[], int]) -> int:
 
 def cmd_status(args, clients: Clients | None = None, pace: Pace | None = None) -> int:
     """`ffleet status RUN [--wait]` and `ffleet status --list`."""
-    clients = clients or Clients()
+    clients = clients or _clients_for(args)
     pace = pace or Pace()
     if args.list:
         return _guard(lambda: list_runs(args, clients, pace))
@@ -670,7 +694,7 @@ def cmd_status(args, clients: Clients | None = None, pace: Pace | None = None) -
 
 def cmd_cancel(args, clients: Clients | None = None, pace: Pace | None = None) -> int:
     """`ffleet cancel RUN`: StopExecution, then the summary of what had finished."""
-    clients = clients or Clients()
+    clients = clients or _clients_for(args)
     pace = pace or Pace()
 
     def cancel() -> int:
@@ -707,7 +731,7 @@ def redrive_request(request: dict[str, Any], manifest_uri: str) -> dict[str, Any
 
 def cmd_redrive(args, clients: Clients | None = None, pace: Pace | None = None) -> int:
     """`ffleet redrive RUN`: submit the run's failed-files.jsonl as a new request."""
-    clients = clients or Clients()
+    clients = clients or _clients_for(args)
     pace = pace or Pace()
 
     def redrive() -> int:
