@@ -16,7 +16,7 @@ from urllib.parse import quote_plus
 import pytest
 
 from conftest import EVENTS
-from ffleet import follow
+from ffleet import follow, run_watch
 
 # the moto pipeline test's deployment: its fixtures and names (imported, so it stays the one definition)
 from test_pipeline_moto import FAIL_MARK, MEDIA, RESULTS, TRIGGER, FakeContext, cloud, summarize_handler  # noqa: F401
@@ -84,7 +84,7 @@ def _start_lambda(cloud):
         if n == 1:
             keys = [o["Key"] for o in cloud.s3.list_objects_v2(Bucket=TRIGGER, Prefix="jobs/").get("Contents", [])]
             for key in keys:
-                if not key.endswith(follow.REJECTED_SUFFIX):
+                if not key.endswith(run_watch.REJECTED_SUFFIX):
                     cloud.start.handler(_s3_event(cloud, key), FakeContext())
     return hook
 
@@ -299,10 +299,10 @@ def test_map_run_item_counts_become_file_counts():
     items = {"total": 250, "succeeded": 100, "failed": 20, "running": 30, "pending": 100}
     children = {"total": 25, "succeeded": 10, "failed": 2, "running": 3, "pending": 10}
     # items counted one by one (Step Functions' documented meaning): they are the files
-    assert follow.file_counts(items, children, 10) == (250, 100, 20)
+    assert run_watch.file_counts(items, children, 10) == (250, 100, 20)
     # items counted per batch: each stands for files_per_job files
-    assert follow.file_counts(children, children, 10) == (250, 100, 20)
-    assert follow.file_counts(children, children, 1) == (25, 10, 2)
+    assert run_watch.file_counts(children, children, 10) == (250, 100, 20)
+    assert run_watch.file_counts(children, children, 1) == (25, 10, 2)
 
 
 def test_running_then_succeeded_shows_progress_and_exits_0(stubbed, monkeypatch, capsys):
@@ -415,7 +415,7 @@ def test_a_throttled_describe_is_retried_with_backoff(stubbed):
 
 
 def test_throttling_that_never_ends_gives_up_following_not_the_run(stubbed, capsys):
-    for _ in range(follow.MAX_TRANSIENT_IN_A_ROW):
+    for _ in range(run_watch.MAX_TRANSIENT_IN_A_ROW):
         stubbed.stub.add_client_error("describe_execution", "ThrottlingException", "Rate exceeded", 400)
     fake = FakeTime()
     code = follow.watch_to_end(_watch(stubbed, fake), SimpleNamespace(json=False, stack="ffleet", no_progress=True))
@@ -555,3 +555,22 @@ def test_a_ten_hour_run_stays_within_a_few_calls_a_second(capsys):
             print(f"\n10 h, {files:,} files, 1,000 a job: {polls} polls, calls {dict(per_api)}, "
                   f"{sum(per_api.values()) / polls:.1f} calls a poll, busiest second "
                   f"{max(Counter(int(t) for t in times).values())} calls")
+
+
+def test_on_a_terminal_the_progress_is_two_rich_bars_within_80_columns():
+    import re
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    view = follow.ProgressView(stream=term, now=lambda: T0 + timedelta(minutes=6))
+    view.update(follow.Snapshot(name="podcasts-0123456789abcdef", status="RUNNING", started=T0, files_total=100,
+                                files_done=29, files_failed=11, batches_total=10, batches_running=4,
+                                batches_succeeded=2, batches_failed=1, batches_pending=3))
+    view.close()
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", term.getvalue()).split("\r")[-1].splitlines()
+    assert len(screen) == 2 and all(len(line.rstrip()) <= 80 for line in screen)
+    assert screen[0].startswith("files ") and "40/100 11 failed · RUNNING · 0:06:00 elapsed, eta 0:09:00" in screen[0]
+    assert screen[1].startswith("batches ") and "3/10" in screen[1] and "4 running · 1 failed · 3 pending" in screen[1]
