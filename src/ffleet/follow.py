@@ -361,11 +361,11 @@ def list_runs(args, clients: Clients, pace: Pace) -> int:
     now = datetime.now(timezone.utc)
     for e in listed:
         watch = RunWatch(clients.sfn, clients.s3, e["executionArn"], pace)
-        watch.input = {"results": {"bucket": outputs.get("ResultsBucketName", ""),
-                                   "key_prefix": f"runs/{watch.name}/"}}
         snap = Snapshot(name=watch.name, status=e["status"], started=as_utc(e.get("startDate")),
                         stopped=as_utc(e.get("stopDate")))
         if e["status"] in TERMINAL:
+            # where the start Lambda puts every run's results (trigger.execution_input)
+            watch.input = {"results": {"bucket": outputs.get("ResultsBucketName", ""), "key_prefix": f"runs/{watch.name}/"}}
             summary = None
             if watch.results_bucket:
                 try:
@@ -380,7 +380,7 @@ def list_runs(args, clients: Clients, pace: Pace) -> int:
                 snap.files_done = f["succeeded"] + f["skipped"]
                 snap.files_failed = f["failed"] + f["not_done"]
         else:
-            snap = watch.poll()
+            snap = watch.poll(read_records=False)  # the Map Run's counts suffice for a list
         rows.append(snap)
     if args.json:
         print(json.dumps([s.to_dict() for s in rows], indent=2))

@@ -298,7 +298,7 @@ class RunWatch:
                 self.input = {}
         return self.desc
 
-    def poll(self) -> Snapshot:
+    def poll(self, read_records: bool = True) -> Snapshot:
         """One round: 1 DescribeExecution, 1 DescribeMapRun (1 ListMapRuns until the map starts),
         and when batches have finished since the last look, a listing of records/ (one call per
         1,000 records files) plus one GET per new records file (at most MAX_RECORD_READS_PER_POLL)."""
@@ -320,7 +320,7 @@ class RunWatch:
         snap.batches_pending = _count(ec, "pending")
         snap.files_total, map_done, map_failed = file_counts(ic, ec, self.files_per_job)
         finished = snap.batches_succeeded + snap.batches_failed
-        if self.results_bucket and (self._listed_at != finished or self._unread()):
+        if read_records and self.results_bucket and (self._listed_at != finished or self._unread()):
             self._read_records()
             self._listed_at = finished
         rec_done = sum(r[1] for r in self._records.values())
