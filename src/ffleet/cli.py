@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ffleet import __version__
 from ffleet.request import RequestError, load_request
-from ffleet.results import EXIT_FAILURES, EXIT_INVALID, EXIT_OK  # noqa: F401 (submit imports them from here)
+from ffleet.results import EXIT_FAILURES, EXIT_INVALID, EXIT_OK
 
 
 def _print_request_error(path: str, exc: RequestError) -> None:

@@ -66,7 +66,8 @@ def cmd_submit(args) -> int:
     """The `ffleet submit REQUEST --stack NAME` command."""
     import sys
 
-    from ffleet.cli import EXIT_INVALID, EXIT_OK, _print_request_error
+    from ffleet.cli import _print_request_error
+    from ffleet.results import EXIT_INVALID, EXIT_OK
     from ffleet.request import RequestError, load_request
 
     try:
