@@ -95,20 +95,23 @@ meta_dir="$(mktemp -d)"
 trap 'rm -rf "$meta_dir"' EXIT
 
 # build TARGET -> prints REPOSITORY@DIGEST: a digest, unlike a tag, always names the image that was built
+# Also tags latest (cpu) and nvidia: the tags the stack's job definitions use when WorkerImageUri and
+# GpuWorkerImageUri are empty.
 build() {
-  local target="$1" meta="$meta_dir/$1.json"
+  local target="$1" meta="$meta_dir/$1.json" moving
+  if [ "$target" = cpu ]; then moving=latest; else moving=nvidia; fi
   docker buildx build --builder "$builder" --platform "$platforms" \
     --file container/Dockerfile --target "$target" \
     --build-arg "FFLEET_VERSION=$version" --build-arg "FFLEET_REVISION=$revision" \
     --build-arg "FFLEET_SOURCE=${source_url:-unknown}" \
-    --tag "$repo:$tag-$target" --metadata-file "$meta" --push . >&2
+    --tag "$repo:$tag-$target" --tag "$repo:$moving" --metadata-file "$meta" --push . >&2
   local digest
   digest="$(sed -n 's/.*"containerimage.digest": *"\(sha256:[0-9a-f]*\)".*/\1/p' "$meta" | head -n 1)"
   if [ -z "$digest" ]; then
     echo "build-and-push: buildx wrote no image digest to $meta" >&2
     exit 1
   fi
-  echo "pushed $repo:$tag-$target ($platforms)" >&2
+  echo "pushed $repo:$tag-$target and $repo:$moving ($platforms)" >&2
   echo "$repo@$digest"
 }
 

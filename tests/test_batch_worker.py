@@ -199,12 +199,30 @@ def test_unreadable_batch_object_is_an_infrastructure_fault(s3_endpoint):
     assert "missing.json" in proc.stderr
 
 
-def test_output_bucket_gone_stops_the_batch_after_repeated_storage_faults(s3_endpoint, tone_cache):
+def test_a_missing_output_bucket_is_found_before_the_first_conversion(s3_endpoint, tone_cache):
+    """It was found only after every file had been converted (each upload then failed alone)."""
     client = s3_endpoint
-    _buckets(client, IN, RESULTS)  # no output bucket: every upload fails
-    items = _upload(client, {f"media/t{i}.wav": tone_cache(".wav", 0.5, freq=200 + i) for i in range(8)})
+    _buckets(client, IN, RESULTS)  # no output bucket
+    items = _upload(client, {f"media/t{i}.wav": tone_cache(".wav", 0.5, freq=200 + i) for i in range(3)})
 
     proc = run_cli("worker", env={"FFLEET_BATCH_JSON": json.dumps(_batch(items)), "FFLEET_WORKERS": "1"})
+
+    assert proc.returncode == EXIT_INVALID, proc.stderr  # a retry meets the same missing bucket
+    assert "output location cannot be written" in proc.stderr and OUT in proc.stderr, proc.stderr
+    assert not any(line.get("event") == "file" for line in _log_lines(proc.stdout))  # nothing converted
+
+
+def test_uploads_failing_mid_batch_stop_it_after_repeated_storage_faults(s3_endpoint, tone_cache):
+    """The output bucket exists but refuses every upload (a proxy answers 500 to each PUT into it)."""
+    from faults.s3_proxy import FaultyS3Proxy
+
+    client = s3_endpoint
+    _buckets(client, IN, OUT, RESULTS)
+    items = _upload(client, {f"media/t{i}.wav": tone_cache(".wav", 0.5, freq=200 + i) for i in range(8)})
+
+    with FaultyS3Proxy(client.meta.endpoint_url, always_fail_method="PUT", always_fail_path=f"/{OUT}/") as proxy:
+        proc = run_cli("worker", env={"FFLEET_BATCH_JSON": json.dumps(_batch(items)), "FFLEET_WORKERS": "1",
+                                      "AWS_ENDPOINT_URL": proxy.url, "FFLEET_S3_MAX_ATTEMPTS": "2"})
 
     assert proc.returncode == EXIT_INFRASTRUCTURE, proc.stderr
     records = _records(client)

@@ -86,20 +86,21 @@ def test_manifest_that_is_not_utf8_is_refused():
 @pytest.mark.parametrize("key", [".", "..", "a/..", "sub/..", "a/./b.wav", "a//b.wav", "/abs.wav", "a/", "",
                                  "a\x00b", "\ud800", "n" * 256, "d/" * 2100 + "x"])
 def test_keys_that_do_not_name_one_distinct_file_have_a_local_key_problem(key):
-    from ffleet.keys import local_key_problem
+    from ffleet.storage import local_key_problem
 
     assert local_key_problem(key)
 
 
 @pytest.mark.parametrize("key", ["a/b.wav", "..a", "a..", ".hidden/x", "new\nline.wav", "é" * 127, "a:b", "-i"])
 def test_ordinary_keys_have_no_local_key_problem(key):
-    from ffleet.keys import local_key_problem
+    from ffleet.storage import local_key_problem
 
     assert local_key_problem(key) is None
 
 
 def test_s3_key_limits():
-    from ffleet.keys import s3_key_problem
+    from ffleet.storage import s3_key_problem
 
-    assert s3_key_problem("a/./b") is None and s3_key_problem("é" * 512) is None
+    assert s3_key_problem("a//b") is None and s3_key_problem("é" * 512) is None and s3_key_problem("..a/b.") is None
     assert s3_key_problem("é" * 513) and s3_key_problem("") and s3_key_problem("\udc80")
+    assert s3_key_problem("out/../in/a.wav") and s3_key_problem("a/./b") and s3_key_problem(".")

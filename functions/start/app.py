@@ -7,6 +7,7 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
+from ffleet.joblimits import StackLimits
 from ffleet.request import RequestError
 from ffleet import trigger
 
@@ -18,6 +19,10 @@ metrics = Metrics()
 STATE_MACHINE_ARN = os.environ.get("STATE_MACHINE_ARN", "")
 RESULTS_BUCKET = os.environ.get("RESULTS_BUCKET", "")
 SCHEDULED_REQUEST = os.environ.get("SCHEDULED_REQUEST", "")
+# The stack's own buckets: a request naming another is rejected before anything starts.
+INPUT_BUCKET = os.environ.get("INPUT_BUCKET", "")
+OUTPUT_BUCKET = os.environ.get("OUTPUT_BUCKET", "")
+LIMITS = StackLimits.from_env()
 _missing = [n for n, v in (("STATE_MACHINE_ARN", STATE_MACHINE_ARN), ("RESULTS_BUCKET", RESULTS_BUCKET)) if not v]
 if _missing:
     raise RuntimeError(f"start function: environment variable(s) {', '.join(_missing)} not set (see template.yaml)")
@@ -33,7 +38,8 @@ def handler(event, context):
     if trigger.is_schedule_event(event):
         try:
             outcome = trigger.handle_schedule_event(
-                event, SCHEDULED_REQUEST, sfn=sfn, state_machine_arn=STATE_MACHINE_ARN, results_bucket=RESULTS_BUCKET
+                event, SCHEDULED_REQUEST, sfn=sfn, state_machine_arn=STATE_MACHINE_ARN, results_bucket=RESULTS_BUCKET,
+                input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, limits=LIMITS,
             )
         except RequestError as exc:
             # nowhere to write a .rejected.json: the log and the metric are the report
@@ -42,7 +48,8 @@ def handler(event, context):
             raise
     else:
         outcome = trigger.handle_s3_event(
-            event, s3=s3, sfn=sfn, state_machine_arn=STATE_MACHINE_ARN, results_bucket=RESULTS_BUCKET, log=logger
+            event, s3=s3, sfn=sfn, state_machine_arn=STATE_MACHINE_ARN, results_bucket=RESULTS_BUCKET, log=logger,
+            input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, limits=LIMITS,
         )
     metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=len(outcome.started))
     metrics.add_metric(name="DuplicateEvents", unit=MetricUnit.Count, value=len(outcome.already_running))

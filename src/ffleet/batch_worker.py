@@ -21,8 +21,10 @@ from ffleet.results import (
     INFRA_REASONS, NOT_DONE, RECORDS_DIR, SKIPPED, SUCCEEDED, ItemResult, SummaryBuilder, read_records,
 )
 from ffleet.runner import stop_on_signals
-from ffleet.storage import Forbidden, ListedObject, NotFound, S3Storage, StorageError, s3_client, split_s3_uri
 from ffleet.sandbox import SandboxRequired
+from ffleet.storage import (
+    Forbidden, ListedObject, MissingBucket, NotFound, S3Storage, StorageError, s3_client, split_s3_uri,
+)
 from ffleet.worker import WorkContext, default_workers, run_items
 
 # Exit codes. Batch's retryStrategy and Step Functions' Retry can tell them apart:
@@ -294,6 +296,17 @@ def run_batch(
     except SandboxRequired as exc:  # this host cannot confine FFmpeg: no retry on it will either
         shutil.rmtree(work_dir, ignore_errors=True)
         raise InvalidBatch(str(exc)) from exc
+    try:
+        # before the first conversion: a missing output bucket was found only after every file
+        # had been converted (and then failed each one alone). A batch with nothing to write skips it.
+        if batch.items:
+            ctx.output_store.check_writable(batch.request.output.s3_prefix)
+    except (MissingBucket, Forbidden) as exc:  # a retry of the job meets the same bucket and policy
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise InvalidBatch(f"the output location cannot be written: {exc}") from None
+    except StorageError as exc:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise BatchError(f"the output location cannot be written: {exc}") from None
     state = _BatchState()
     all_done = threading.Event()
 

@@ -4,12 +4,45 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 from ffleet import __version__
 from ffleet.request import RequestError, load_request
 from ffleet.results import EXIT_FAILURES, EXIT_INVALID, EXIT_OK
+
+EXIT_SIGINT = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C ended
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: its reader went away, and Python would raise again when it
+    flushes stdout at exit ("Exception ignored ... BrokenPipeError")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+# Control characters other than newline and tab, C1 included: a file name holding ESC sequences
+# would otherwise drive the operator's terminal (retitle it, rewrite lines, OSC 52 clipboard writes).
+_TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str, is_json: bool = False) -> str:
+    """text with control characters shown as \\xNN for a human, or as \\u00NN in JSON (the same
+    string to a JSON reader: json.dumps escapes C0 controls itself, but not C1 ones)."""
+    escape = "\\u{:04x}" if is_json else "\\x{:02x}"
+    return _TERMINAL_CONTROLS.sub(lambda m: escape.format(ord(m.group())), text)
+
+
+def _print(text: str) -> None:
+    """Print to stdout. A reader that stops early (`ffleet run job.json | head`) is not a failure of
+    the command: the rest of the text is dropped and the command's own exit code stands."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _silence_stdout()
+
 
 
 def _print_request_error(path: str, exc: RequestError) -> None:
@@ -22,7 +55,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     request = _request_or_none(args.request)
     if request is None:
         return EXIT_INVALID
-    print(json.dumps(request.to_json_dict(), indent=2, ensure_ascii=False))
+    _print(json.dumps(request.to_json_dict(), indent=2, ensure_ascii=False))
     return EXIT_OK
 
 
@@ -36,20 +69,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     progress, close = _progress_bar(enabled=not args.no_progress)
     try:
-        outcome = run_request(request, workers=args.workers, progress=progress)
+        try:
+            outcome = run_request(request, workers=args.workers, progress=progress,
+                                  notice=lambda message: print(f"ffleet: {message}", file=sys.stderr))
+        finally:
+            close()
     except ResultsNotSaved as exc:
-        close()
         print(f"ffleet: {args.request} ran, but its results could not be saved: {exc}", file=sys.stderr)
         return EXIT_FAILURES
     except (StorageError, ValueError) as exc:
-        close()
         print(f"ffleet: cannot run {args.request}: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    close()
-    if args.json:
-        print(json.dumps(outcome.summary, indent=2, ensure_ascii=False))
-    else:
-        print(format_summary(outcome.summary))
+    text = json.dumps(outcome.summary, indent=2, ensure_ascii=False) if args.json else format_summary(outcome.summary)
+    _print(terminal_safe(text, is_json=args.json))
     return outcome.exit_code
 
 
@@ -109,7 +141,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except PlanError as exc:
         print(f"ffleet plan: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    _print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return EXIT_OK
 
 
@@ -125,7 +157,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except (PlanError, StorageError, ValueError) as exc:
         print(f"ffleet calibrate: cannot calibrate {args.request}: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    print(json.dumps(cal, indent=2) if args.json else format_calibration(cal))
+    _print(json.dumps(cal, indent=2) if args.json else format_calibration(cal))
     return EXIT_OK if cal["succeeded"] else EXIT_FAILURES
 
 
@@ -179,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one batch of files as an AWS Batch job does. The batch comes from FFLEET_BATCH_URI "
         "(s3:// URI of the batch object) or FFLEET_BATCH_JSON (the object inline); FFLEET_WORKERS sets the "
         "FFmpeg processes at once (default: the job's vCPUs). Exit 0: every file ended; 1: storage fault; "
-        "2: invalid batch; 143: stopped by SIGTERM.",
+        "2: invalid batch, or an output bucket that is missing or refuses writes; 143: stopped by SIGTERM.",
     )
     p.set_defaults(func=cmd_worker)
 
@@ -263,7 +295,18 @@ def _follow_flags(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()  # a reader gone away shows here, not as a traceback at exit
+        return code
+    except KeyboardInterrupt:
+        # Ctrl-C outside the processing (which stops cleanly and reports not_done itself), e.g.
+        # while listing millions of keys: nothing was processed, so there is nothing to report
+        print("\nffleet: interrupted", file=sys.stderr)
+        return EXIT_SIGINT
+    except BrokenPipeError:  # a command that printed without _print
+        _silence_stdout()
+        return EXIT_FAILURES
 
 
 if __name__ == "__main__":

@@ -192,6 +192,11 @@ class ResultsSpec(_Model):
 
     _set = field_validator("s3_bucket", "path", mode="before")(classmethod(lambda cls, v: _not_empty(v)))
 
+    @field_validator("s3_prefix")
+    @classmethod
+    def _results_prefix(cls, v: str | None) -> str | None:
+        return None if v is None else _key_part(v)
+
 
 class ProcessingSpec(_Model):
     files_per_job: int = Field(DEFAULT_FILES_PER_JOB, ge=1, le=100_000, description="Files per AWS Batch job.")

@@ -12,7 +12,7 @@ SUCCEEDED, FAILED, SKIPPED, REJECTED, NOT_DONE = "succeeded", "failed", "skipped
 # or the infrastructure's (a retry may).
 FILE_REASONS = (
     "empty_input", "corrupt_input", "unsupported_format", "no_audio_stream", "timeout", "ffmpeg_error", "invalid_output",
-    "not_found", "output_collision", "output_too_large",
+    "not_found", "output_collision", "output_too_large", "invalid_key",
 )
 INFRA_REASONS = ("storage_error", "interrupted", "batch_job_failed", "internal_error", "sandbox_error")
 

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Iterator, Protocol
 from urllib.parse import urlparse
 
-from ffleet.keys import local_key_problem, s3_key_problem
-
 
 CHUNK = 1 << 16  # bytes per read when an object is streamed
 
@@ -29,8 +27,70 @@ class InvalidKey(StorageError):
     """A key that cannot name one distinct file or object in this storage. The key, not the storage, is the problem."""
 
 
+class MissingBucket(StorageError):
+    """The bucket itself does not exist: no retry will help."""
+
+
 class Forbidden(StorageError):
     """S3 refused the request (AccessDenied). For a GetObject without s3:ListBucket, also what a missing key looks like."""
+
+
+# Limits of the places a key must fit: an S3 key is at most 1,024 bytes of UTF-8; a file name
+# (one path segment) at most 255 bytes on Linux file systems, and a path at most 4,096.
+S3_MAX_KEY_BYTES = 1024
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4000  # of the key; the folder's own path takes the rest
+
+
+def _utf8(key: str) -> bytes | None:
+    try:
+        return key.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from a JSON manifest's "\ud800"
+        return None
+
+
+def s3_key_problem(key: str) -> str | None:
+    """Why key cannot name an S3 object, or None."""
+    data = _utf8(key)
+    if not key:
+        return "is empty"
+    if data is None:
+        return "is not valid UTF-8"
+    if len(data) > S3_MAX_KEY_BYTES:
+        return f"is {len(data):,} bytes long; S3 keys are at most {S3_MAX_KEY_BYTES:,}"
+    if any(s in (".", "..") for s in key.split("/")):
+        # S3 itself keeps them, but HTTP stacks, S3-compatible stores and sync tools resolve them,
+        # so the object read or written could be another one (even another input of the run)
+        return "has a '.' or '..' path segment, which S3-compatible stores and tools may resolve to another key"
+    return None
+
+
+def local_key_problem(key: str) -> str | None:
+    """Why key cannot name one distinct file inside a folder, or None.
+
+    S3 keys are plain strings: '.', 'a/..', 'a/./b.wav', 'a//b.wav' and '/abs' are distinct objects
+    there, but as paths they name the folder itself, its parent, or the same file as another key
+    ('a/b.wav'). Written to a folder, '.' turned the output folder into a file and 'a/./b.wav' and
+    'a//b.wav' both "succeeded" into one file. Only keys whose '/'-separated segments are all
+    ordinary names map one-to-one onto files.
+    """
+    if not key:
+        return "is empty"
+    if "\x00" in key:
+        return "contains a NUL character, which no file name can hold"
+    data = _utf8(key)
+    if data is None:
+        return "is not valid UTF-8"
+    if key.startswith("/"):
+        return "is an absolute path"
+    segments = key.split("/")
+    if any(s in ("", ".", "..") for s in segments):
+        return "has an empty, '.' or '..' path segment, so as a path it is not one distinct file in the folder"
+    if any(len(s.encode("utf-8")) > NAME_MAX_BYTES for s in segments):
+        return f"has a path segment longer than {NAME_MAX_BYTES} bytes, the longest file name"
+    if len(data) > PATH_MAX_BYTES:
+        return f"is {len(data):,} bytes long, too long for a file path"
+    return None
 
 
 @dataclass(frozen=True)
@@ -42,6 +102,7 @@ class ListedObject:
 class Storage(Protocol):
     def uri(self, key: str) -> str: ...
     def key_problem(self, key: str) -> str | None: ...
+    def check_writable(self, prefix: str = "") -> None: ...
     def list(self, prefix: str = "") -> Iterator[ListedObject]: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
@@ -64,6 +125,20 @@ class LocalStorage:
 
     def key_problem(self, key: str) -> str | None:
         return local_key_problem(key)
+
+    def check_writable(self, prefix: str = "") -> None:
+        """Raise StorageError unless a file can be written here (the folder is made if missing).
+
+        Checked before the first conversion: a folder that cannot be written was found only after
+        every file had been converted, and each then failed alone.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=_TMP_MARK, dir=self.root)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            raise StorageError(f"cannot write to the folder {self.root}: {exc.strerror or exc}") from None
 
     def _path(self, key: str) -> Path:
         problem = local_key_problem(key)
@@ -220,6 +295,23 @@ class S3Storage:
     def key_problem(self, key: str) -> str | None:
         return s3_key_problem(key)
 
+    def check_writable(self, prefix: str = "") -> None:
+        """Raise StorageError unless objects can be written under prefix: MissingBucket, Forbidden, or another.
+
+        A multipart upload is started and aborted: PutObject's permission (and KMS key) is
+        checked, and no object appears. The worker's role has s3:AbortMultipartUpload but no
+        s3:DeleteObject, so a test object could not be removed again.
+        """
+        key = f"{prefix}{_TMP_MARK}write-check-{uuid.uuid4().hex}"
+        try:
+            upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, "write to", prefix) from exc
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+        except Exception:  # noqa: BLE001 - an upload with no parts holds no data
+            pass
+
     def _error(self, exc: Exception, what: str, key: str) -> StorageError:
         from botocore.exceptions import ClientError
 
@@ -227,7 +319,7 @@ class S3Storage:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):
                 return NotFound(f"{self.uri(key)} does not exist")
-            kind = Forbidden if code in ("AccessDenied", "403") else StorageError
+            kind = Forbidden if code in ("AccessDenied", "403") else MissingBucket if code == "NoSuchBucket" else StorageError
             return kind(f"cannot {what} {self.uri(key)}: {code} {exc.response.get('Error', {}).get('Message', '')}".strip())
         return StorageError(f"cannot {what} {self.uri(key)}: {exc}")
 
@@ -335,6 +427,9 @@ def output_storage(request, client=None) -> Storage:
 def results_storage(request, client=None) -> tuple[Storage, str]:
     loc = request.results_location()
     if "path" in loc:
-        Path(loc["path"]).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(loc["path"]).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot make the results folder {loc['path']}: {exc.strerror or exc}") from None
         return LocalStorage(loc["path"]), ""
     return S3Storage(loc["s3_bucket"], client), loc["s3_prefix"]

@@ -57,6 +57,9 @@ class MapResult(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     map_run_arn: str | None = Field(None, alias="MapRunArn")
     result_writer_details: ResultWriterDetails | None = Field(None, alias="ResultWriterDetails")
+    # set instead when the Map state itself failed (its Catch passes the error on)
+    error: str | None = Field(None, alias="Error")
+    cause: str | None = Field(None, alias="Cause")
 
 
 class SummarizeEvent(BaseModel):
@@ -195,10 +198,16 @@ class BatchOutcome:
         cause = (self.cause or "").strip()
         job = _json_or_none(cause)
         if isinstance(job, dict):
-            parts = [f"job {job['JobId']}" if job.get("JobId") else "", str(job.get("StatusReason") or "")]
+            # Step Functions passes the Batch job description in PascalCase; accept the API's camelCase too.
+            job = _pascal_keys(job)
+            reason = str(job.get("StatusReason") or "")
+            parts = [f"job {job['JobId']}" if job.get("JobId") else "", reason]
+            if CANCELLED_BY_QUEUE in reason:
+                # the queue's JobStateTimeLimitActions cancelled it while it waited in RUNNABLE
+                error = "cancelled while waiting in RUNNABLE"
             attempts = job.get("Attempts")
-            last = attempts[-1] if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict) else {}
-            container = last.get("Container") if isinstance(last.get("Container"), dict) else {}
+            last = _pascal_keys(attempts[-1]) if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict) else {}
+            container = _pascal_keys(last["Container"]) if isinstance(last.get("Container"), dict) else {}
             if container.get("Reason") or last.get("StatusReason"):
                 parts.append(str(container.get("Reason") or last.get("StatusReason")))
             if container.get("ExitCode") is not None:
@@ -207,6 +216,15 @@ class BatchOutcome:
                 parts.append(f"{len(attempts)} attempt(s)")
             cause = ", ".join(p for p in parts if p)
         return f"{error}: {cause}"[:300] if cause else error
+
+
+# Batch's statusReason after a queue's JobStateTimeLimitActions cancelled a job that waited in RUNNABLE:
+# "Canceled by JobStateTimeLimit action due to reason: CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY".
+CANCELLED_BY_QUEUE = "JobStateTimeLimit"
+
+
+def _pascal_keys(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k[:1].upper() + k[1:]: v for k, v in obj.items()}
 
 
 def _json_or_none(value: Any) -> Any:
@@ -469,7 +487,23 @@ class RunSummary:
         }
         if "batches" in s:
             out["batches"] = s["batches"]
+        out["verdict"] = self.verdict()
         return out
+
+    def verdict(self) -> str:
+        """One line for the execution's status: the failed percentage against the tolerance, the map's
+        error if it stopped, and where the summary is. The state machine's Fail states show it as Cause."""
+        s = self.summary
+        files = s["files"]
+        bad = files["failed"] + files["not_done"]
+        judged = "within" if s["within_tolerance"] else "not within"
+        text = (f"{bad} of {files['total']} files failed or were not done ({s['failed_percent']:.2f}%, "
+                f"{files['failed']} failed, {files['not_done']} not done): {judged} the tolerated "
+                f"{s['tolerated_failure_percent']:g}%")
+        map_error = s["run"].get("map_error") if isinstance(s.get("run"), dict) else None
+        if map_error:
+            text = f"The Distributed Map stopped ({map_error}). " + text
+        return f"{text}. Summary: {self.summary_uri or s['run'].get('results', '')}"
 
 
 class _Aggregation:
@@ -500,6 +534,7 @@ def summarize_cloud(
     write: bool = True,
     inline_outputs: list[Any] | None = None,
     outputs_may_collide: bool = True,
+    map_error: str | None = None,
 ) -> RunSummary:
     """Summarize a cloud run (or a local copy of one): its ResultWriter output and records/*.jsonl.
 
@@ -520,7 +555,7 @@ def summarize_cloud(
         agg = _Aggregation(Path(tmp) / FAILED_FILE)
         ledger = _Ledger(tmp)
         claims = OutputClaims(Path(tmp)) if outputs_may_collide else None
-        run: dict[str, Any] = {"name": name, "execution_name": execution_name, "mode": "cloud"}
+        run: dict[str, Any] = {"name": name, "execution_name": execution_name, "mode": "cloud", "map_error": map_error}
         start = stop = None
         try:
             # 1. ResultWriter: one entry per Batch job. Remember ids and outcomes, not records.
@@ -595,6 +630,8 @@ def summarize_cloud(
             tolerated_failure_percent=tolerated_failure_percent,
             **{k: v for k, v in run.items() if v is not None},
         )
+        if map_error:
+            summary["within_tolerance"] = False  # files the map never reached are counted nowhere
         out = RunSummary(summary)
         if write:
             store.write_bytes(prefix + SUMMARY_FILE, summary_text(summary).encode("utf-8"), content_type="application/json")
@@ -637,12 +674,19 @@ def summarize_event(event: SummarizeEvent, s3_client) -> RunSummary:
     inline = event.map_result if isinstance(event.map_result, list) else None
     details = event.map_result.result_writer_details if isinstance(event.map_result, MapResult) else None
     manifest_uri = f"s3://{details.bucket}/{details.key}" if details else None
+    map_error = None
+    if isinstance(event.map_result, MapResult) and event.map_result.error:
+        map_error = f"{event.map_result.error}: {event.map_result.cause or ''}".strip(": ")[:500]
+        # The Map's Catch replaced ResultWriter's details; ResultWriter may still have written its files.
+        if manifest_uri is None:
+            manifest_uri = _find_manifest(event.results_prefix, s3_client)
     output = event.request.get("output") if isinstance(event.request.get("output"), dict) else {}
     return summarize_cloud(
         event.results_prefix, manifest_uri, s3_client=s3_client, name=name,
         execution_name=event.execution_name, tolerated_failure_percent=tolerance, inline_outputs=inline,
         # prefix + key + suffix is one output per input; only a replaced extension can share one
         outputs_may_collide=bool(output.get("extension")) if event.request else True,
+        map_error=map_error,
     )
 
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
+from ffleet.joblimits import StackLimits, job_timing
 from ffleet.request import MAX_REQUEST_BYTES, JobRequest, RequestError, parse_request_text, request_too_large
 from ffleet.storage import split_s3_uri
 
@@ -75,7 +76,26 @@ def check_cloud_request(request: JobRequest) -> None:
         manifest_source(request)
 
 
-def execution_input(request: JobRequest, name: str, results_bucket: str, trigger: dict[str, str]) -> dict[str, Any]:
+def check_stack_buckets(request: JobRequest, *, input_bucket: str, output_bucket: str, results_bucket: str) -> None:
+    """The stack's roles reach only its own buckets: a request naming another would fail later, as
+    AccessDenied in the map or storage errors in every Batch attempt. Empty names are not checked."""
+    problems = []
+    if input_bucket and request.input.s3_bucket and request.input.s3_bucket != input_bucket:
+        problems.append(("input.s3_bucket", f"{request.input.s3_bucket!r} is not this stack's input bucket; use {input_bucket!r}"))
+    if output_bucket and request.output.s3_bucket and request.output.s3_bucket != output_bucket:
+        problems.append(("output.s3_bucket", f"{request.output.s3_bucket!r} is not this stack's output bucket; use {output_bucket!r}"))
+    if input_bucket and request.input.manifest:
+        bucket = manifest_source(request)["bucket"]
+        allowed = [b for b in (input_bucket, results_bucket) if b]
+        if bucket not in allowed:
+            problems.append(("input.manifest", f"the manifest's bucket {bucket!r} is not readable by this stack; put the "
+                             f"manifest in {' or '.join(repr(b) for b in allowed)}"))
+    if problems:
+        raise RequestError(problems)
+
+
+def execution_input(request: JobRequest, name: str, results_bucket: str, trigger: dict[str, str],
+                    limits: StackLimits | None = None) -> dict[str, Any]:
     """The state machine's input: everything its Choice states, ItemReader and ItemBatcher read."""
     if request.input.manifest:
         source = manifest_source(request)
@@ -93,9 +113,11 @@ def execution_input(request: JobRequest, name: str, results_bucket: str, trigger
         "processing": {
             "files_per_job": p.files_per_job,
             "max_concurrency": p.max_concurrency,
-            # ToleratedFailurePercentagePath wants a number from 0 to 100
+            # informational: the summarizer judges the run by the request's own processing.tolerated_failure_percent
             "tolerated_failure_percent": p.tolerated_failure_percent,
         },
+        # each Batch job's time limit, and how long the map child waits for it (ffleet.joblimits)
+        "job_timing": job_timing(request, limits or StackLimits()),
         "results": {
             "bucket": results_bucket,
             "key_prefix": key_prefix,
@@ -143,7 +165,8 @@ def s3_records(event: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def handle_s3_event(event: dict[str, Any], *, s3, sfn, state_machine_arn: str, results_bucket: str, log=None) -> StartOutcome:
+def handle_s3_event(event: dict[str, Any], *, s3, sfn, state_machine_arn: str, results_bucket: str, log=None,
+                    input_bucket: str = "", output_bucket: str = "", limits: StackLimits | None = None) -> StartOutcome:
     """Every record of an S3 ObjectCreated event: validate its request and start (or reject) it."""
     outcome = StartOutcome()
     for rec in s3_records(event):
@@ -164,6 +187,7 @@ def handle_s3_event(event: dict[str, Any], *, s3, sfn, state_machine_arn: str, r
                 raise request_too_large(int(obj.get("ContentLength") or len(body)), uri)
             request = parse_request_text(body, source=uri)
             check_cloud_request(request)
+            check_stack_buckets(request, input_bucket=input_bucket, output_bucket=output_bucket, results_bucket=results_bucket)
         except RequestError as exc:
             doc = _error_document(exc, uri)
             s3.put_object(Bucket=bucket, Key=key + REJECTED_SUFFIX, Body=json.dumps(doc, indent=2).encode(),
@@ -175,7 +199,7 @@ def handle_s3_event(event: dict[str, Any], *, s3, sfn, state_machine_arn: str, r
         identity = rec["version"] or rec["etag"]
         name = execution_name(request.name, bucket, key, identity)
         trigger = {"type": "s3", "bucket": bucket, "key": key, "version": rec["version"], "etag": rec["etag"]}
-        arn, fresh = start_execution(sfn, state_machine_arn, name, execution_input(request, name, results_bucket, trigger))
+        arn, fresh = start_execution(sfn, state_machine_arn, name, execution_input(request, name, results_bucket, trigger, limits))
         (outcome.started if fresh else outcome.already_running).append({"request": uri, "execution_arn": arn})
         if log:
             log.info("started run" if fresh else "run already started", extra={"request": uri, "execution_arn": arn})
@@ -183,18 +207,20 @@ def handle_s3_event(event: dict[str, Any], *, s3, sfn, state_machine_arn: str, r
 
 
 def handle_schedule_event(event: dict[str, Any], request_text: str, *, sfn, state_machine_arn: str,
-                          results_bucket: str) -> StartOutcome:
+                          results_bucket: str, input_bucket: str = "", output_bucket: str = "",
+                          limits: StackLimits | None = None) -> StartOutcome:
     """A scheduled EventBridge event: run the stack's fixed request once per firing."""
     outcome = StartOutcome()
     if not request_text.strip():
         raise RequestError([("ScheduledRequest", "the schedule fired but the stack parameter ScheduledRequest is empty")])
     request = parse_request_text(request_text, source="the ScheduledRequest parameter")
     check_cloud_request(request)
+    check_stack_buckets(request, input_bucket=input_bucket, output_bucket=output_bucket, results_bucket=results_bucket)
     rule = ",".join(event.get("resources") or []) or "schedule"
     fired_at = str(event.get("time") or event.get("id") or "")
     name = execution_name(request.name, rule, fired_at)
     trigger = {"type": "schedule", "rule": rule, "time": fired_at}
-    arn, fresh = start_execution(sfn, state_machine_arn, name, execution_input(request, name, results_bucket, trigger))
+    arn, fresh = start_execution(sfn, state_machine_arn, name, execution_input(request, name, results_bucket, trigger, limits))
     (outcome.started if fresh else outcome.already_running).append({"request": "schedule", "execution_arn": arn})
     return outcome
 

@@ -367,6 +367,16 @@ def output_collision(item: ListedObject, out_key: str, holder: str) -> ItemResul
     )
 
 
+def output_is_input(item: ListedObject, out_key: str) -> ItemResult:
+    """The record of an input whose output key names an input of the same run (never written over)."""
+    whose = "the input itself" if out_key == item.key else "another input of this run"
+    return ItemResult(
+        key=item.key, status=FAILED, output_key=out_key, reason="output_collision",
+        detail=f"the output {out_key} is {whose}; ffleet never writes over a run's input "
+               "(give the outputs their own output.s3_prefix)",
+    )
+
+
 def run_items(
     ctx: WorkContext,
     items: Iterable[ListedObject],
@@ -384,18 +394,26 @@ def run_items(
     iterator = iter(items)
     in_flight: set[Future] = set()
     lock = threading.Lock()
-    # only a replaced extension can map two inputs to one output (prefix + key + suffix cannot)
-    claims_dir = Path(tempfile.mkdtemp(prefix="claims-", dir=ctx.work_dir)) if ctx.request.output.extension else None
+    # only a replaced extension can map two inputs to one output (prefix + key + suffix cannot);
+    # only in the inputs' own bucket can an output key be an input's key
+    req = ctx.request
+    shared = bool(req.input.s3_bucket) and req.input.s3_bucket == req.output.s3_bucket
+    claims_dir = Path(tempfile.mkdtemp(prefix="claims-", dir=ctx.work_dir)) if req.output.extension or shared else None
     claims = OutputClaims(claims_dir) if claims_dir else None
+    if shared:
+        iterator = claims.hold_inputs(iterator)
 
     def submit_next(pool: ThreadPoolExecutor) -> bool:
         with lock:  # claimed in listing order: the first listed input keeps the output
             item = next(iterator, None)
             out_key = ctx.output_key_for(item.key) if item is not None and claims else None
-            holder = claims.claim(out_key, item.key) if out_key is not None else None
+            overwrites_input = out_key is not None and claims.is_input(out_key)
+            holder = claims.claim(out_key, item.key) if out_key is not None and not overwrites_input else None
         if item is None:
             return False
-        if holder is not None:
+        if overwrites_input:
+            in_flight.add(pool.submit(output_is_input, item, out_key))
+        elif holder is not None:
             in_flight.add(pool.submit(output_collision, item, out_key, holder))
         else:
             in_flight.add(pool.submit(process_item, ctx, item))

@@ -12,7 +12,7 @@ TEMPLATE = REPO / "template.yaml"
 ASL = REPO / "statemachine" / "pipeline.asl.json"
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_:]+)\}")
 
-# Values a deployed stack would substitute; numbers are the template's parameter defaults (read below).
+# Values a deployed stack would substitute, from the template's parameter defaults (read below).
 FAKE_ACCOUNT, FAKE_REGION = "123456789012", "us-east-1"
 
 
@@ -38,22 +38,32 @@ def render_asl(values: dict[str, str], text: str | None = None) -> dict:
     return json.loads(PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text))
 
 
+PSEUDO = {"AWS::Partition": "aws", "AWS::Region": FAKE_REGION, "AWS::AccountId": FAKE_ACCOUNT, "AWS::URLSuffix": "amazonaws.com"}
+
+
+def resolve_sub(text: str, params: dict) -> str:
+    """!Sub with pseudo parameters and parameter defaults (what a default deploy substitutes)."""
+    return re.sub(r"\$\{([A-Za-z0-9_:]+)\}", lambda m: PSEUDO.get(m.group(1)) or str(params[m.group(1)]["Default"]), text)
+
+
 def default_values(template: dict, arns: dict[str, str] | None = None) -> dict[str, str]:
-    """Every substitution: template parameter defaults for !Ref Parameter, fake ARNs for resources."""
+    """Every substitution: template parameter defaults for !Ref Parameter, !Sub resolved with them,
+    fake ARNs for resources (arns overrides any key)."""
     params = template["Parameters"]
     out: dict[str, str] = {}
     for key, value in substitutions(template).items():
         ref = value.get("Ref") if isinstance(value, dict) else None
-        if ref == "AWS::Partition":
-            out[key] = "aws"
+        sub = value.get("Fn::Sub") if isinstance(value, dict) else None
+        if arns and key in arns:
+            out[key] = arns[key]
+        elif ref in PSEUDO:
+            out[key] = PSEUDO[ref]
         elif ref in params:
             out[key] = str(params[ref]["Default"])
-        elif arns and key in arns:
-            out[key] = arns[key]
+        elif isinstance(sub, str):
+            out[key] = resolve_sub(sub, params)
         elif key.endswith("JobQueueArn"):
             out[key] = f"arn:aws:batch:{FAKE_REGION}:{FAKE_ACCOUNT}:job-queue/{key}"
-        elif key.endswith("JobDefinitionArn"):
-            out[key] = f"arn:aws:batch:{FAKE_REGION}:{FAKE_ACCOUNT}:job-definition/{key}:1"
         else:
             out[key] = f"arn:aws:lambda:{FAKE_REGION}:{FAKE_ACCOUNT}:function:{key}"
     return out

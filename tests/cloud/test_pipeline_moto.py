@@ -10,6 +10,8 @@ What moto lacks is adapted here, in the test only (each adaptation says why):
 - ReaderConfig InputType JSONL: unknown to moto; the JSON Lines branch is renamed to JSON and not run.
 - ResultWriter Parameters: moto evaluates their paths against the children's results, AWS against
   the Map state's input; the test evaluates them against the state input.
+- ResultWriter files: moto writes only manifest.json; the test also writes SUCCEEDED_0.json with one
+  entry per child (its Output and Status), as AWS does, so the summarizer sees each failed batch.
 - lambda:invoke: moto would need a container engine; the test calls the summarize handler in-process
   (functions/summarize/app.py when present, else a stand-in defined below).
 """
@@ -35,6 +37,8 @@ MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "batch": {"use_
 REGION = "us-east-1"
 TRIGGER, RESULTS, MEDIA, OUT = "ffleet-trigger", "ffleet-results", "media-in", "media-out"
 FAIL_MARK = "corrupt-infra"  # a key containing this makes the stand-in Batch job fail
+BLOCKED_MARK = "no-capacity"  # ... and this makes it fail as the queue's JobStateTimeLimitActions cancel it
+CANCELLED_REASON = "Canceled by JobStateTimeLimit action due to reason: CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY"
 
 
 class FakeContext:
@@ -137,8 +141,14 @@ def cloud(request, monkeypatch, summarize_handler):
             jd = batch.register_job_definition(jobDefinitionName=f"jd{kind}", type="container",
                                                containerProperties={"image": "ffleet", "command": ["ffleet", "worker"],
                                                                     "vcpus": 1, "memory": 512})
+            # a second revision replaces the first, as a stack update does: jobs go to the latest ACTIVE one
+            jd2 = batch.register_job_definition(jobDefinitionName=f"jd{kind}", type="container",
+                                                containerProperties={"image": "ffleet:2", "command": ["ffleet", "worker"],
+                                                                     "vcpus": 1, "memory": 512})
+            batch.deregister_job_definition(jobDefinition=jd["jobDefinitionArn"])
             arns[f"{kind}JobQueueArn"] = q["jobQueueArn"]
-            arns[f"{kind}JobDefinitionArn"] = jd["jobDefinitionArn"]
+            arns[f"{kind}JobDefinitionName"] = f"jd{kind}"
+            arns[f"{kind}Revision"] = jd2["jobDefinitionArn"]
         arns["SummarizeFunctionArn"] = f"arn:aws:lambda:{REGION}:123456789012:function:ffleet-summarize"
 
         template = load_template()
@@ -151,13 +161,15 @@ def cloud(request, monkeypatch, summarize_handler):
 
         monkeypatch.setenv("STATE_MACHINE_ARN", sm)
         monkeypatch.setenv("RESULTS_BUCKET", RESULTS)
+        monkeypatch.setenv("INPUT_BUCKET", MEDIA)
+        monkeypatch.setenv("OUTPUT_BUCKET", OUT)
         start = _load_module(REPO / "functions" / "start" / "app.py", f"start_app_{uuid.uuid4().hex}")
 
         class NS:
             pass
 
         ns = NS()
-        ns.s3, ns.sfn, ns.sm, ns.start, ns.submitted = s3, sfn, sm, start, submitted
+        ns.s3, ns.sfn, ns.sm, ns.start, ns.submitted, ns.arns = s3, sfn, sm, start, submitted, arns
         yield ns
 
 
@@ -192,13 +204,15 @@ def _hook_moto(monkeypatch, submitted: list, summarize_handler):
 
     original_submit = BatchSimpleBackend.submit_job
     original_finish = BatchSimpleBackend._mark_job_as_finished
-    failing: set[str] = set()  # job names whose stand-in worker "crashed"
+    failing: dict[str, str | None] = {}  # job names whose stand-in worker "crashed" -> status reason
 
     def submit_and_work(self, job_name, job_def_id, job_queue, *args, container_overrides=None, **kw):
         env = {e["name"]: e["value"] for e in (container_overrides or {}).get("environment", [])}
-        if _stand_in_worker(env["FFLEET_BATCH_URI"]):
-            failing.add(job_name)
-        submitted.append({"job_name": job_name, "job_queue": job_queue, "job_definition": job_def_id, "env": env})
+        outcome = _stand_in_worker(env["FFLEET_BATCH_URI"])
+        if outcome:
+            failing[job_name] = CANCELLED_REASON if outcome == "cancelled" else None
+        submitted.append({"job_name": job_name, "job_queue": job_queue, "job_definition": job_def_id, "env": env,
+                          "timeout": kw.get("timeout")})
         return original_submit(self, job_name, job_def_id, job_queue, *args, container_overrides=container_overrides, **kw)
 
     def finish(self, include_start_attempt, job):
@@ -206,6 +220,8 @@ def _hook_moto(monkeypatch, submitted: list, summarize_handler):
         if job.job_name in failing:
             job.job_stopped = False  # moto marked it SUCCEEDED; stop it again as FAILED
             job._mark_stopped(success=False)  # an infrastructure fault: the worker exited non-zero
+            if failing[job.job_name]:
+                job.job_stopped_reason = failing[job.job_name]
 
     monkeypatch.setattr(BatchSimpleBackend, "_mark_job_as_finished", finish)
     monkeypatch.setattr(BatchSimpleBackend, "submit_job", submit_and_work)
@@ -227,15 +243,29 @@ def _hook_moto(monkeypatch, submitted: list, summarize_handler):
         env.stack.pop()
         env.stack.extend([results, parameters])
         self.resource_eval.eval_resource(env=env)
+        # moto writes only manifest.json; write the children's entries as AWS does (SUCCEEDED_0.json)
+        details = env.stack[-1]["ResultWriterDetails"]
+        import boto3
+
+        s3 = boto3.client("s3", region_name=REGION)
+        folder = details["Key"].rsplit("/", 1)[0]
+        entries = [{"ExecutionArn": f"{env.stack[-1]['MapRunArn']}:{i}", "Input": "{}", "Output": json.dumps(o),
+                    "Status": "SUCCEEDED"} for i, o in enumerate(results)]
+        body = json.dumps(entries).encode()
+        s3.put_object(Bucket=details["Bucket"], Key=f"{folder}/SUCCEEDED_0.json", Body=body)
+        manifest = json.loads(s3.get_object(Bucket=details["Bucket"], Key=details["Key"])["Body"].read())
+        manifest["ResultFiles"]["SUCCEEDED"] = [{"Key": f"{folder}/SUCCEEDED_0.json", "Size": len(body)}]
+        s3.put_object(Bucket=details["Bucket"], Key=details["Key"], Body=json.dumps(manifest).encode())
 
     monkeypatch.setattr(ResultWriter, "_eval_body", result_writer_on_state_input)
 
 
-def _stand_in_worker(batch_uri: str) -> bool:
+def _stand_in_worker(batch_uri: str) -> str | None:
     """Stand-in for `ffleet worker` (no container here): read and filter the batch object as the worker
     does (batch_worker.parse_batch), and write one record per file it would process; no FFmpeg.
 
-    Returns True when the job should fail (an item key contains FAIL_MARK)."""
+    Returns "failed" when the job should fail (an item key contains FAIL_MARK), "cancelled" when the
+    queue should cancel it (BLOCKED_MARK), else None."""
     import boto3
 
     from ffleet.batch_worker import parse_batch
@@ -244,12 +274,14 @@ def _stand_in_worker(batch_uri: str) -> bool:
     bucket, key = batch_uri[5:].split("/", 1)
     batch = parse_batch(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()), batch_uri)
     keys = [item.key for item in batch.items]
+    if any(BLOCKED_MARK in k for k in keys):
+        return "cancelled"
     if any(FAIL_MARK in k for k in keys):
-        return True
+        return "failed"
     rb, rp = batch.results_prefix[5:].split("/", 1)
     lines = [ItemResult(key=k, status="succeeded", output_key="out/" + k).to_json() + "\n" for k in keys]
     s3.put_object(Bucket=rb, Key=f"{rp}records/{batch.batch_id}.jsonl", Body="".join(lines).encode())
-    return False
+    return None
 
 
 def _request(**processing) -> dict:
@@ -333,10 +365,14 @@ def test_s3_event_runs_the_map_and_summarizes(cloud):
     assert output["map_result"]["ResultWriterDetails"]["Key"].startswith(run)
     assert len(_keys(cloud.s3, RESULTS, run + "records/")) == 4  # the marker's and notes.txt's are empty
     summary = json.loads(cloud.s3.get_object(Bucket=RESULTS, Key=run + "summary.json")["Body"].read())
-    # The files the worker skipped are not counted at all. The failed job's file is not_done: moto's
-    # ResultWriter writes only manifest.json, so nothing says its job failed (on AWS: batch_job_failed).
-    assert summary["files"] == {"total": 3, "succeeded": 2, "failed": 0, "skipped": 0, "rejected": 0, "not_done": 1}
-    assert [f["key"] for f in summary["failures"]] == [f"in/{FAIL_MARK}.wav"]
+    # The files the worker skipped are not counted at all. The failed job's file failed with it; one of
+    # three is within the request's 50 %, so the execution SUCCEEDED.
+    assert summary["files"] == {"total": 3, "succeeded": 2, "failed": 1, "skipped": 0, "rejected": 0, "not_done": 0}
+    assert [(f["key"], f["reason"]) for f in summary["failures"]] == [(f"in/{FAIL_MARK}.wav", "batch_job_failed")]
+    assert summary["within_tolerance"] is True and output["summary"]["summary"]["within_tolerance"] is True
+    # each job went to the latest ACTIVE revision, by name, with a time limit from the request
+    assert {s["job_definition"] for s in cloud.submitted} == {"jdArm"}
+    assert {s["timeout"]["attemptDurationSeconds"] for s in cloud.submitted} == {output["job_timing"]["attempt_seconds"]}
 
 
 def cloud_arn(cloud, queue_name: str) -> str:
@@ -412,3 +448,56 @@ def test_csv_manifest_branch(cloud):
         bucket, key = c["batch_uri"][5:].split("/", 1)
         items += json.loads(cloud.s3.get_object(Bucket=bucket, Key=key)["Body"].read())["Items"]
     assert sorted(i["key"] for i in items) == ["in/x.wav", "in/y z.wav"]
+
+
+def test_every_file_failing_at_tolerance_zero_ends_failed(cloud):
+    """3 of 3 Batch jobs fail, tolerance 0: the execution FAILED, as `ffleet run` would exit 1, with a
+    Cause naming the failed percentage and where summary.json is."""
+    for n in range(3):
+        cloud.s3.put_object(Bucket=MEDIA, Key=f"in/{FAIL_MARK}-{n}.wav", Body=b"RIFF")
+    out = cloud.start.handler(_put_request(cloud, "jobs/all-fail.json", _request(tolerated_failure_percent=0)), FakeContext())
+    arn = out["started"][0]["execution_arn"]
+    desc = _wait(cloud.sfn, arn)
+    assert desc["status"] == "FAILED", desc
+    events = cloud.sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+    (failed,) = [e["executionFailedEventDetails"] for e in events if e["type"] == "ExecutionFailed"]
+    run = f"s3://{RESULTS}/runs/{arn.rsplit(':', 1)[1]}/"
+    assert failed["error"] == "ffleet.FailuresAboveTolerance"
+    assert "3 of 3 files failed" in failed["cause"] and "100.00%" in failed["cause"] and "tolerated 0%" in failed["cause"]
+    assert run + "summary.json" in failed["cause"]
+    summary = json.loads(cloud.s3.get_object(Bucket=RESULTS, Key=run[len(f"s3://{RESULTS}/"):] + "summary.json")["Body"].read())
+    assert summary["within_tolerance"] is False and summary["files"]["failed"] == 3
+
+
+def test_a_batch_the_queue_cancelled_is_reported_with_its_reason(cloud):
+    """A job that waited in RUNNABLE without capacity is cancelled by the queue; the summary says so."""
+    cloud.s3.put_object(Bucket=MEDIA, Key=f"in/{BLOCKED_MARK}.wav", Body=b"RIFF")
+    cloud.s3.put_object(Bucket=MEDIA, Key="in/fine.wav", Body=b"RIFF")
+    out = cloud.start.handler(_put_request(cloud, "jobs/blocked.json", _request()), FakeContext())
+    arn = out["started"][0]["execution_arn"]
+    desc = _wait(cloud.sfn, arn)
+    assert desc["status"] == "SUCCEEDED", desc  # 1 of 2 failed, within the request's 50 %
+    run = f"runs/{arn.rsplit(':', 1)[1]}/"
+    summary = json.loads(cloud.s3.get_object(Bucket=RESULTS, Key=run + "summary.json")["Body"].read())
+    (failure,) = summary["failures"]
+    assert failure["key"] == f"in/{BLOCKED_MARK}.wav" and failure["reason"] == "batch_job_failed"
+    assert failure["detail"].startswith("cancelled while waiting in RUNNABLE")
+    assert "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY" in failure["detail"]
+
+
+@pytest.mark.parametrize("field", ["input.s3_bucket", "output.s3_bucket", "input.manifest"])
+def test_a_request_for_another_bucket_is_rejected_up_front(cloud, field):
+    req = _request()
+    if field == "input.s3_bucket":
+        req["input"]["s3_bucket"], allowed = "someone-elses-media", MEDIA
+    elif field == "output.s3_bucket":
+        req["output"]["s3_bucket"], allowed = "someone-elses-output", OUT
+    else:
+        req["input"] = {"s3_bucket": MEDIA, "manifest": "s3://someone-elses-media/list.csv"}
+        allowed = MEDIA
+    out = cloud.start.handler(_put_request(cloud, "jobs/elsewhere.json", req), FakeContext())
+    assert out["started"] == [] and len(out["rejected"]) == 1
+    note = json.loads(cloud.s3.get_object(Bucket=TRIGGER, Key="jobs/elsewhere.json.rejected.json")["Body"].read())
+    (error,) = note["errors"]
+    assert error["field"] == field and repr(allowed) in error["message"], error
+    assert cloud.sfn.list_executions(stateMachineArn=cloud.sm)["executions"] == []

@@ -13,6 +13,8 @@ import pytest
 
 from cloudkit import ASL, PLACEHOLDER, REPO, TEMPLATE, asl, asl_placeholders, default_values, render_asl, substitutions, template  # noqa: F401 (fixtures)
 from ffleet.request import COMPUTE_TYPES, parse_request
+from ffleet.results import SummaryBuilder
+from ffleet.summarize import RunSummary
 from ffleet.trigger import execution_input
 
 VENV_BIN = Path(sys.executable).parent
@@ -64,6 +66,22 @@ def test_asl_validator_accepts_the_rendered_definition(template, tmp_path):
 
 
 @pytest.mark.cloud
+def test_asl_validator_reads_the_stored_file_as_it_is():
+    """Editors, Workflow Studio and asl-validator read statemachine/pipeline.asl.json unsubstituted."""
+    json.loads(ASL.read_text())  # valid JSON as stored: no bare ${...} numbers
+    proc = subprocess.run([*_asl_validator(), "--json-path", str(ASL)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_placeholders_stand_only_for_whole_strings():
+    """A ${...} outside a string (a number) would make the stored file invalid JSON again."""
+    raw = json.loads(ASL.read_text())
+    for path, key, value in _walk(raw):
+        if isinstance(value, str) and "${" in value:
+            assert key in ("Resource", "job_queue", "job_definition", "FunctionName"), (path, value)
+
+
+@pytest.mark.cloud
 def test_asl_validator_catches_a_broken_definition(template, tmp_path):
     """The check above can fail: a dangling Next is reported."""
     broken = render_asl(default_values(template))
@@ -99,6 +117,12 @@ def test_sam_build_packages_the_shared_library(tmp_path):
     core = list((build / "DependenciesLayer" / "python" / "pydantic_core").glob("*.so"))
     assert core and all("313" in p.name and "aarch64" in p.name for p in core), core
     assert (build / "DependenciesLayer" / "python" / "aws_lambda_powertools").is_dir()
+    # boto3 and botocore ship together, at the pinned pair, so neither the runtime's boto3 nor its botocore is mixed in
+    deps = build / "DependenciesLayer" / "python"
+    for package, line in _requirements().items():
+        if package in ("boto3", "botocore"):
+            version = line.split("==")[1]
+            assert (deps / f"{package}-{version}.dist-info").is_dir(), sorted(p.name for p in deps.glob(f"{package}-*"))
 
 
 # ------------------------------------------------------------------ the ASL
@@ -118,7 +142,22 @@ def test_every_compute_type_has_a_queue_and_definition(template, asl):
         picked = asl["States"][c["Next"]]
         assert picked["Type"] == "Pass" and picked["ResultPath"] == "$.batch"
         stem = "".join(part.capitalize() for part in c["StringEquals"].split("-"))
-        assert {f"{stem}JobQueueArn", f"{stem}JobDefinitionArn"} <= set(subs)
+        assert {f"{stem}JobQueueArn", f"{stem}JobDefinitionName"} <= set(subs)
+
+
+def test_jobs_are_submitted_to_a_job_definition_name_not_a_revision(template, asl):
+    """!Ref on a job definition is an ARN with its revision; a stack update deregisters that revision,
+    and the rest of a running execution would submit to an INACTIVE one. A name means the latest ACTIVE."""
+    subs = substitutions(template)
+    resources = template["Resources"]
+    for kind in COMPUTE_TYPES:
+        stem = "".join(part.capitalize() for part in kind.split("-"))
+        value = subs[f"{stem}JobDefinitionName"]
+        assert value == resources[f"{stem}JobDefinition"]["Properties"]["JobDefinitionName"], (kind, value)
+        assert "Ref" not in value and "Fn::GetAtt" not in value
+        assert f"{stem}JobDefinition" in resources["PipelineStateMachine"]["DependsOn"]
+        rendered = asl["States"][f"Use {kind} queue"]["Result"]["job_definition"]
+        assert rendered == f"ffleet-{kind}" and ":" not in rendered  # no revision, no ARN
 
 
 def _walk(node, path=()):
@@ -139,20 +178,21 @@ def _all_states(definition: dict):
             yield from _all_states(proc)
 
 
-def test_no_arn_is_built_from_the_request():
-    raw = json.loads(PLACEHOLDER.sub("0", ASL.read_text()))
+def test_no_arn_is_built_from_the_request(asl):
+    raw = json.loads(ASL.read_text())
     for path, key, value in _walk(raw):
         if key.endswith(".$") and isinstance(value, str):
             assert "arn:" not in value, f"{'/'.join(map(str, path))} builds an ARN at run time: {value}"
     # The queue and definition reach the Batch task only from the Pass states that hold template values.
     writers = [(n, s) for n, s in _all_states(raw) if s.get("ResultPath") == "$.batch"]
     assert len(writers) == len(COMPUTE_TYPES)
-    # whole-string placeholders become "@Name"; numeric ones (unquoted) become 0
-    marked = json.loads(PLACEHOLDER.sub("0", re.sub(r'"\$\{(\w+)\}"', r'"@\1"', ASL.read_text())))
+    # whole-string placeholders become "@Name"
+    marked = json.loads(re.sub(r'"\$\{(\w+)\}"', r'"@\1"', ASL.read_text()))
     for name, _ in writers:
         result = marked["States"][name]["Result"]
-        assert all(v.startswith("@") and "Arn" in v for v in result.values()), (name, result)
-    for name, state in _all_states(raw):
+        assert result["job_queue"].startswith("@") and result["job_queue"].endswith("JobQueueArn"), (name, result)
+        assert result["job_definition"].startswith("@") and result["job_definition"].endswith("JobDefinitionName"), (name, result)
+    for name, state in _all_states(asl):
         if state.get("Resource", "").endswith("batch:submitJob.sync"):
             params = state["Parameters"]
             assert params["JobQueue.$"] == "$.job.queue" and params["JobDefinition.$"] == "$.job.definition"
@@ -161,27 +201,24 @@ def test_no_arn_is_built_from_the_request():
             bi = state["ItemBatcher"]["BatchInput"]
             assert bi["job_queue.$"] == "$.batch.job_queue" and bi["job_definition.$"] == "$.batch.job_definition"
         if name.startswith("Name this batch"):
-            assert state["Parameters"]["job"] == {"queue.$": "$.BatchInput.job_queue", "definition.$": "$.BatchInput.job_definition"}
+            job = state["Parameters"]["job"]
+            assert (job["queue.$"], job["definition.$"]) == ("$.BatchInput.job_queue", "$.BatchInput.job_definition")
 
 
-def test_submit_retry_uses_the_template_numbers_on_transient_errors_only(template):
-    text = ASL.read_text()
-    submits = [s for _, s in _all_states(render_asl(default_values(template))) if s.get("Resource", "").endswith("submitJob.sync")]
+def test_submit_retry_backs_off_on_transient_errors_only(asl):
+    """The original blog's tuned policy, written in the ASL (numbers cannot be substituted into a file that
+    must stay valid JSON as stored)."""
+    submits = [s for _, s in _all_states(asl) if s.get("Resource", "").endswith("submitJob.sync")]
     assert len(submits) == 3
-    for field, param in (("IntervalSeconds", "RetryIntervalSeconds"), ("BackoffRate", "RetryBackoffRate"),
-                         ("MaxAttempts", "RetryMaxAttempts"), ("MaxDelaySeconds", "RetryMaxDelaySeconds")):
-        assert len(re.findall(rf'"{field}": \$\{{{param}\}}', text)) == 3, field
-    params = template["Parameters"]
-    assert [params[p]["Default"] for p in ("RetryIntervalSeconds", "RetryBackoffRate", "RetryMaxAttempts",
-                                           "RetryMaxDelaySeconds", "RetryJitterStrategy")] == [180, 3, 10, 300, "FULL"]
     for state in submits:
         (retry,) = state["Retry"]
         assert (retry["IntervalSeconds"], retry["BackoffRate"], retry["MaxAttempts"], retry["MaxDelaySeconds"],
                 retry["JitterStrategy"]) == (180, 3, 10, 300, "FULL")
         assert all(e.startswith("Batch.") for e in retry["ErrorEquals"]), retry["ErrorEquals"]
+        assert "180 s, x3, 10 attempts, at most 300 s" in state["Comment"]
     # nowhere does a Retry catch everything or a failed job (the worker fails a job only for infra faults,
     # and Batch's retryStrategy already retries Spot reclaim)
-    for name, state in _all_states(render_asl(default_values(template))):
+    for name, state in _all_states(asl):
         for retry in state.get("Retry", []):
             assert not {"States.ALL", "States.TaskFailed"} & set(retry["ErrorEquals"]), name
 
@@ -210,7 +247,9 @@ def test_the_three_maps_process_items_identically(asl):
         assert m["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
         assert m["ItemBatcher"]["MaxItemsPerBatchPath"] == "$.processing.files_per_job"
         assert m["MaxConcurrencyPath"] == "$.processing.max_concurrency"
-        assert m["ToleratedFailurePercentagePath"] == "$.processing.tolerated_failure_percent"
+        # Every failed job is caught inside the child, so a map-level tolerance would never fire; the
+        # summary's within_tolerance decides the execution's status instead (docs/cloud.md).
+        assert not {"ToleratedFailurePercentage", "ToleratedFailurePercentagePath"} & set(m)
 
 
 def _lookup(doc, path: str):
@@ -229,6 +268,8 @@ def test_top_level_paths_exist_in_the_start_lambdas_input(asl, source):
     req = parse_request({"name": "n", "input": inp, "output": {"s3_bucket": "out", "s3_prefix": "o/"}})
     doc = execution_input(req, "n-1", "res", {"type": "s3"})
     doc["batch"] = {"job_queue": "q", "job_definition": "d"}  # set by the "Use ... queue" Pass states
+    # set by "Summarize run": what the summarize handler returns
+    doc["summary"] = {"summary": RunSummary(SummaryBuilder().summary(wall_seconds=0.0, results="s3://res/runs/n-1/")).short()}
     wanted = {"prefix": "Process prefix", "csv": "Process CSV manifest", "jsonl": "Process JSON Lines manifest"}
     chosen = wanted[doc["source"]["type"]]
     for name, state in asl["States"].items():
@@ -295,16 +336,33 @@ def test_job_definitions_run_the_worker_and_retry_only_spot_reclaim_and_infrastr
         assert ("GPU" in kinds) == (name == "NvidiaJobDefinition")
 
 
-def test_nvidia_queue_uses_only_nvenc_instances(template):
-    ce = template["Resources"]["NvidiaComputeEnvironment"]["Properties"]["ComputeResources"]
-    assert set(ce["InstanceTypes"]) <= {"g4dn", "g5", "g6"}
-    arm = template["Resources"]["ArmComputeEnvironment"]["Properties"]["ComputeResources"]["InstanceTypes"]
-    assert all(re.match(r"^[a-z]\d+g", t) for t in arm), arm
+def _instance_defaults(template, kind: str) -> list[str]:
+    ce = template["Resources"][f"{kind}ComputeEnvironment"]["Properties"]["ComputeResources"]
+    assert ce["InstanceTypes"] == {"Ref": f"{kind}InstanceTypes"}, kind
+    param = template["Parameters"][f"{kind}InstanceTypes"]
+    assert param["Type"] == "CommaDelimitedList"
+    return param["Default"].split(",")
 
 
-def test_state_machine_logs_everything_and_traces(template):
+def test_instance_types_are_parameters_with_widely_offered_defaults(template):
+    """Batch fails the whole stack (ClientException) on one type the region does not offer: the newest
+    families (c7i/m7i, c7a/m7a, c8g/m8g, g6, ...) are for users to add where offered, not defaults."""
+    newest = re.compile(r"^[a-z]+(7|8)[a-z]*$|^g6")
+    for kind in ("Intel", "Amd", "Arm", "Nvidia"):
+        defaults = _instance_defaults(template, kind)
+        assert defaults and not [t for t in defaults if newest.match(t)], (kind, defaults)
+    assert set(_instance_defaults(template, "Nvidia")) <= {"g4dn", "g5", "g6"}  # NVENC (not Hopper)
+    assert all(re.match(r"^[a-z]\d+g", t) for t in _instance_defaults(template, "Arm"))
+    assert all(re.match(r"^[a-z]\d+i$", t) for t in _instance_defaults(template, "Intel"))
+    assert all(re.match(r"^[a-z]\d+a$", t) for t in _instance_defaults(template, "Amd"))
+
+
+def test_state_machine_logs_errors_by_default_and_traces(template):
+    """ALL with execution data logs every map child's batch several times; ERROR is the default."""
     p = template["Resources"]["PipelineStateMachine"]["Properties"]
-    assert p["Logging"]["Level"] == "ALL" and p["Tracing"] == {"Enabled": True}
+    assert p["Logging"]["Level"] == {"Ref": "StateMachineLogLevel"} and p["Tracing"] == {"Enabled": True}
+    level = template["Parameters"]["StateMachineLogLevel"]
+    assert level["Default"] == "ERROR" and set(level["AllowedValues"]) == {"ALL", "ERROR", "FATAL", "OFF"}
     assert p["DefinitionUri"] == "statemachine/pipeline.asl.json"
 
 
@@ -431,8 +489,9 @@ def test_job_role_reads_inputs_writes_outputs_and_results_only(transformed):
 
 def test_start_function_only_reads_requests_and_starts_the_pipeline(transformed):
     actions, text = _role_text(transformed, "StartFunctionRole")
-    assert actions == {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "states:StartExecution"}
-    assert "trigger" in text and "PipelineStateMachine" in text
+    # sqs:SendMessage: the async on-failure destination (SAM adds it for EventInvokeConfig)
+    assert actions == {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "states:StartExecution", "sqs:SendMessage"}
+    assert "trigger" in text and "PipelineStateMachine" in text and "FailedRequestsQueue" in text
 
 
 def test_comments_only_where_step_functions_accepts_them(asl):
@@ -442,3 +501,207 @@ def test_comments_only_where_step_functions_accepts_them(asl):
             assert "Comment" not in state.get(field, {}), (name, field)
         for rule in state.get("Retry", []) + state.get("Catch", []):
             assert "Comment" not in rule, name
+
+
+# ------------------------------------------------------------------ defects of issue 14, one test each
+
+
+def test_a_run_not_within_tolerance_ends_failed_naming_the_percentage_and_the_summary(asl):
+    """The execution's status means what `ffleet run`'s exit code means: after the summary, a Choice
+    on within_tolerance, and a Fail whose Cause is the summarizer's verdict."""
+    states = asl["States"]
+    assert states["Summarize run"]["Next"] == "Did the map finish?"
+    assert states["Did the map finish?"]["Default"] == "Within tolerance?"
+    (choice,) = states["Within tolerance?"]["Choices"]
+    assert choice == {"Variable": "$.summary.summary.within_tolerance", "BooleanEquals": True, "Next": "Done"}
+    fail = states[states["Within tolerance?"]["Default"]]
+    assert fail["Type"] == "Fail" and fail["Error"] == "ffleet.FailuresAboveTolerance"
+    assert fail["CausePath"] == "$.summary.summary.verdict"
+    assert states["Map did not finish"]["CausePath"] == "$.summary.summary.verdict"
+    assert states["Done"]["Type"] == "Succeed"
+
+
+def test_verdict_names_the_failed_percentage_tolerance_and_summary():
+    from ffleet.results import ItemResult
+
+    builder = SummaryBuilder()
+    for key in ("a.wav", "b.wav", "c.wav"):
+        builder.add(ItemResult(key=key, status="failed", reason="batch_job_failed"))
+    summary = RunSummary(builder.summary(wall_seconds=0.0, tolerated_failure_percent=0.0), summary_uri="s3://r/runs/x/summary.json")
+    short = summary.short()
+    assert short["within_tolerance"] is False
+    assert "3 of 3 files failed" in short["verdict"] and "100.00%" in short["verdict"]
+    assert "not within the tolerated 0%" in short["verdict"] and "s3://r/runs/x/summary.json" in short["verdict"]
+
+
+BLOCKED_REASONS = {"CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY", "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE",
+                   "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT"}
+
+
+def test_no_job_waits_forever(template, asl):
+    """Queues cancel jobs blocked in RUNNABLE for the reasons Batch documents; each job has a time limit
+    from the request; the map child waits for it at most a finite time."""
+    queues = _resources(template, "AWS::Batch::JobQueue")
+    assert len(queues) == len(COMPUTE_TYPES)
+    for name, q in queues.items():
+        actions = q["Properties"]["JobStateTimeLimitActions"]
+        assert {a["Reason"] for a in actions} == BLOCKED_REASONS, name
+        for a in actions:
+            assert a["State"] == "RUNNABLE" and a["Action"] == "CANCEL", name
+            wait = a["MaxTimeSeconds"]
+            if isinstance(wait, dict):
+                param = template["Parameters"][wait["Ref"]]
+                assert param["MinValue"] >= 600 and param["MaxValue"] <= 86400 and 600 <= param["Default"] <= 86400
+            else:
+                assert 600 <= wait <= 86400
+    submits = [s for _, s in _all_states(asl) if s.get("Resource", "").endswith("submitJob.sync")]
+    assert len(submits) == 3
+    for s in submits:
+        assert s["TimeoutSecondsPath"] == "$.job.wait_seconds"
+        assert s["Parameters"]["Timeout"] == {"AttemptDurationSeconds.$": "$.job.attempt_seconds"}
+    env = template["Resources"]["StartFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["JOB_VCPUS"] == {"Ref": "JobVcpus"} and env["CAPACITY_WAIT_SECONDS"] == {"Ref": "CapacityWaitSeconds"}
+
+
+def test_job_timing_follows_the_request():
+    from ffleet.joblimits import ATTEMPT_OVERHEAD_SECONDS, StackLimits, job_timing
+
+    def req(**processing):
+        return parse_request({"name": "n", "compute": "arm", "input": {"s3_bucket": "in", "s3_prefix": "m/"},
+                              "output": {"s3_bucket": "out", "s3_prefix": "o/"}, "processing": processing})
+
+    limits = StackLimits(job_vcpus=4, job_attempts=3, capacity_wait_seconds=3600, cpu_max_vcpus=256)
+    t = job_timing(req(files_per_job=10, timeout_seconds_per_file=60, max_concurrency=64), limits)
+    assert t["attempt_seconds"] == 3 * 60 + ATTEMPT_OVERHEAD_SECONDS  # 10 files on 4 FFmpeg processes: 3 rounds
+    # 64 jobs of 4 vCPUs fit in 256: one wave, every attempt, plus the longest RUNNABLE wait
+    assert t["task_timeout_seconds"] == 3600 + 3 * t["attempt_seconds"]
+    # twice the jobs the compute environment runs at once: a job may wait behind a whole wave
+    more = job_timing(req(files_per_job=10, timeout_seconds_per_file=60, max_concurrency=128), limits)
+    assert more["task_timeout_seconds"] == 3600 + 2 * 3 * t["attempt_seconds"]
+    gpu = job_timing(req(files_per_job=10, timeout_seconds_per_file=60, max_concurrency=64).model_copy(update={"compute": "nvidia"}),
+                     StackLimits(job_vcpus=4, gpu_max_vcpus=64))
+    assert gpu["task_timeout_seconds"] > t["task_timeout_seconds"]  # 16 GPU jobs at once, not 64
+    with pytest.raises(ValueError, match="JOB_VCPUS"):
+        StackLimits.from_env({"JOB_VCPUS": "four"})
+
+
+def test_worker_image_docs_use_the_script_and_ecr_empties_on_delete(template):
+    repo = template["Resources"]["WorkerRepository"]["Properties"]
+    assert repo["EmptyOnDelete"] is True  # sam delete fails on a repository that holds images
+    doc = (REPO / "docs" / "cloud.md").read_text()
+    assert "container/build-and-push.sh" in doc
+    # the Dockerfile copies pyproject.toml and src/ from the repository root: container/ as the context cannot build
+    assert not re.search(r"docker (buildx )?build[^\n]*\scontainer/?\s*(#|$)", doc, re.M)
+    script = (REPO / "container" / "build-and-push.sh").read_text()
+    assert 'cd "$(dirname "$0")/.."' in script and "--file container/Dockerfile" in script and "--push ." in script
+    # the tags the job definitions use when the image parameters are empty
+    assert "moving=latest" in script and "moving=nvidia" in script and '--tag "$repo:$moving"' in script
+    jd = template["Resources"]["NvidiaJobDefinition"]["Properties"]["ContainerProperties"]["Image"]
+    assert ":nvidia" in json.dumps(jd)
+
+
+def test_summarizer_has_room_in_tmp_for_its_ledger(template):
+    props = template["Resources"]["SummarizeFunction"]["Properties"]
+    assert props["EphemeralStorage"] == {"Size": {"Ref": "SummarizerEphemeralStorageMiB"}}
+    param = template["Parameters"]["SummarizerEphemeralStorageMiB"]
+    assert param["Default"] == 10240 and param["MaxValue"] == 10240 and param["MinValue"] == 512
+    assert "ledger" in (REPO / "docs" / "cloud.md").read_text()
+
+
+def test_start_function_knows_the_stacks_buckets(template):
+    env = template["Resources"]["StartFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["INPUT_BUCKET"] == {"Ref": "InputBucketName"} and env["OUTPUT_BUCKET"] == {"Ref": "OutputBucketName"}
+
+
+def test_failed_async_invocations_land_in_a_queue_with_an_alarm(template):
+    props = template["Resources"]["StartFunction"]["Properties"]
+    on_failure = props["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]
+    assert on_failure == {"Type": "SQS", "Destination": {"Fn::GetAtt": ["FailedRequestsQueue", "Arn"]}}
+    queue = template["Resources"]["FailedRequestsQueue"]["Properties"]
+    assert queue["MessageRetentionPeriod"] == 1209600 and queue["SqsManagedSseEnabled"] is True
+    alarm = template["Resources"]["FailedRequestsAlarm"]["Properties"]
+    assert alarm["Namespace"] == "AWS/SQS" and alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["FailedRequestsQueue", "QueueName"]}}]
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold" and alarm["Threshold"] == 0
+    assert "failed-requests" in (REPO / "docs" / "cloud.md").read_text()
+
+
+def _requirements() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "layers" / "deps" / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, spec = re.match(r"^([A-Za-z0-9_.\-\[\]]+)\s*(==|>=|<|~=|$)?\s*(.*)$", line).groups()
+            pins[name.split("[")[0].lower()] = line
+    return pins
+
+
+def test_dependencies_layer_pins_boto3_and_botocore_as_a_pair():
+    """aws-xray-sdk brings botocore into the layer, which comes before the runtime on sys.path: without
+    boto3 beside it, the runtime's boto3 runs on a botocore it was never released with."""
+    pins = _requirements()
+    boto3 = re.fullmatch(r"boto3==(\d+)\.(\d+)\.(\d+)", pins.get("boto3", ""))
+    botocore = re.fullmatch(r"botocore==(\d+)\.(\d+)\.(\d+)", pins.get("botocore", ""))
+    assert boto3 and botocore, pins
+    # boto3 X.Y.Z requires botocore >=X.Y.Z,<X.(Y+1)
+    assert boto3.group(1, 2) == botocore.group(1, 2), pins
+    assert tuple(map(int, botocore.groups())) >= tuple(map(int, boto3.groups())), pins
+
+
+# Fargate's vCPU/memory pairs (MiB), from the Fargate task size table.
+FARGATE_PAIRS = {1: range(2048, 8193, 1024), 2: range(4096, 16385, 1024), 4: range(8192, 30721, 1024),
+                 8: range(16384, 61441, 4096), 16: range(32768, 122881, 8192)}
+
+
+def _rules_accept(template, values: dict[str, str]) -> bool:
+    """Evaluate the template's Rules (Equals, Contains) as CloudFormation does, on string parameter values."""
+    def ev(node):
+        if isinstance(node, dict):
+            (fn, args), = node.items()
+            if fn == "Ref":
+                return values[args]
+            if fn == "Fn::Equals":
+                return str(ev(args[0])) == str(ev(args[1]))
+            if fn == "Fn::Contains":
+                return str(ev(args[1])) in [str(ev(a)) for a in args[0]]
+            raise AssertionError(f"rule function {fn} not understood by this test")
+        return node
+    for rule in template["Rules"].values():
+        if "RuleCondition" in rule and not ev(rule["RuleCondition"]):
+            continue
+        if not all(ev(a["Assert"]) for a in rule["Assertions"]):
+            return False
+    return True
+
+
+def test_fargate_vcpu_and_memory_must_be_a_valid_pair(template):
+    params = template["Parameters"]
+    vcpus = params["JobVcpus"]["AllowedValues"]
+    assert set(vcpus) <= set(FARGATE_PAIRS)
+    assert _rules_accept(template, {"JobVcpus": str(params["JobVcpus"]["Default"]), "JobMemoryMiB": str(params["JobMemoryMiB"]["Default"])})
+    assert not _rules_accept(template, {"JobVcpus": "8", "JobMemoryMiB": "8192"})  # the issue's example
+    for cpu in vcpus:
+        for mem in range(512, 122881, 512):
+            assert _rules_accept(template, {"JobVcpus": str(cpu), "JobMemoryMiB": str(mem)}) == (mem in FARGATE_PAIRS[cpu]), (cpu, mem)
+
+
+def test_created_vpc_has_an_s3_gateway_endpoint_and_can_keep_workers_private(template):
+    r = template["Resources"]
+    endpoint = r["S3GatewayEndpoint"]["Properties"]
+    assert endpoint["VpcEndpointType"] == "Gateway" and endpoint["ServiceName"] == {"Fn::Sub": "com.amazonaws.${AWS::Region}.s3"}
+    assert endpoint["RouteTableIds"] == {"Fn::If": ["PrivateWorkers", [{"Ref": "PublicRouteTable"}, {"Ref": "PrivateRouteTable"}],
+                                                    [{"Ref": "PublicRouteTable"}]]}
+    assert template["Parameters"]["WorkerSubnets"]["AllowedValues"] == ["PUBLIC", "PRIVATE"]
+    for sub in ("PrivateSubnetA", "PrivateSubnetB"):
+        assert r[sub]["Condition"] == "PrivateWorkers" and r[sub]["Properties"]["MapPublicIpOnLaunch"] is False
+    assert r["PrivateDefaultRoute"]["Properties"]["NatGatewayId"] == {"Ref": "NatGateway"}
+    private = [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
+    for name, ce in _resources(template, "AWS::Batch::ComputeEnvironment").items():
+        subnets = ce["Properties"]["ComputeResources"]["Subnets"]
+        assert subnets["Fn::If"][0] == "PrivateWorkers" and subnets["Fn::If"][1] == private, name
+    for name, jd in _resources(template, "AWS::Batch::JobDefinition").items():
+        net = jd["Properties"]["ContainerProperties"].get("NetworkConfiguration")
+        if net:  # Fargate: a public IP only in the created VPC's public subnets
+            assert net["AssignPublicIp"] == {"Fn::If": ["PublicWorkers", "ENABLED", "DISABLED"]}, name
+    conditions = template["Conditions"]
+    assert conditions["PrivateWorkers"] == {"Fn::And": [{"Condition": "CreateVpc"}, {"Fn::Equals": [{"Ref": "WorkerSubnets"}, "PRIVATE"]}]}

@@ -18,17 +18,20 @@ class FaultyS3Proxy:
     fail_every: then every k-th request gets one (errors spread over the whole run).
     fail_after_forward: the failed request is forwarded first and only its answer replaced, as when
       S3 commits a PUT but the connection breaks before the client sees the 200.
-    always_fail_method: every request with this method fails (retries cannot help).
+    always_fail_method: every request with this method fails (retries cannot help); with
+      always_fail_path, only those whose path starts with it (e.g. "/bucket/").
     Errors alternate between 503 SlowDown and 500 InternalError. Loopback only; bounded by the
     test's lifetime (use as a context manager).
     """
 
     def __init__(self, upstream: str, fail_first: int = 0, fail_every: int = 0,
-                 fail_after_forward: bool = False, always_fail_method: str | None = None):
+                 fail_after_forward: bool = False, always_fail_method: str | None = None,
+                 always_fail_path: str = ""):
         self.upstream = urlparse(upstream)
         self.fail_first, self.fail_every = fail_first, fail_every
         self.fail_after_forward = fail_after_forward
         self.always_fail_method = always_fail_method
+        self.always_fail_path = always_fail_path
         self.lock = threading.Lock()
         self.seen = 0
         self.injected: Counter[tuple[str, int]] = Counter()   # (method, status) -> count
@@ -50,11 +53,11 @@ class FaultyS3Proxy:
     def injected_total(self) -> int:
         return sum(self.injected.values())
 
-    def _decide(self, method: str) -> tuple[int, str, str] | None:
+    def _decide(self, method: str, path: str = "") -> tuple[int, str, str] | None:
         with self.lock:
             self.seen += 1
             n = self.seen
-        if self.always_fail_method and method == self.always_fail_method:
+        if self.always_fail_method and method == self.always_fail_method and path.startswith(self.always_fail_path):
             return INTERNAL
         if n <= self.fail_first or (self.fail_every and n > self.fail_first and n % self.fail_every == 0):
             return SLOW_DOWN if n % 2 else INTERNAL
@@ -113,7 +116,7 @@ class FaultyS3Proxy:
 
             def _handle(self) -> None:
                 body = self._body()
-                fault = proxy._decide(self.command)
+                fault = proxy._decide(self.command, self.path)
                 if fault and not proxy.fail_after_forward:
                     return self._error(fault)
                 status, headers, data = self._forward(body)

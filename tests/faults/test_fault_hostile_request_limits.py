@@ -80,6 +80,8 @@ def test_empty_paths_and_buckets_are_refused_naming_the_field(where, field):
 def test_dot_segments_and_control_characters_in_output_key_parts_are_refused(field, value):
     problems = _problems(_base(output={field: value}))
     assert f"output.{field}" in problems, problems
+    if field == "s3_prefix":
+        assert "results.s3_prefix" in _problems(_base(results={"s3_bucket": "r-bucket", "s3_prefix": value}))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""Helpers for the tests that run the real worker image (prepared by scripts/image-test): Docker, the images, a moto server the containers reach."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+DOCKER = os.environ.get("FFLEET_DOCKER", "/usr/bin/docker")
+IMAGES = {"cpu": os.environ.get("FFLEET_IMAGE_CPU", ""), "nvidia": os.environ.get("FFLEET_IMAGE_NVIDIA", "")}
+LAMBDA_BASE = os.environ.get("FFLEET_LAMBDA_BASE", "")
+BRIDGE = os.environ.get("FFLEET_DOCKER_BRIDGE", "")
+NO_IMAGE = "no worker image or Lambda base stand-in: scripts/image-test builds them (root, Docker) and runs these tests"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def need_image(target: str = "cpu") -> str:
+    """The image tag scripts/image-test built for `target`; skip (saying how to run it) when there is none."""
+    if not IMAGES[target]:
+        pytest.skip(NO_IMAGE)
+    return IMAGES[target]
+
+
+def docker(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return proc
+
+
+def report(line: str) -> None:
+    """A figure for the log: printed, and kept for scripts/image-test to print after pytest (pytest
+    shows a passing test's output only with -s)."""
+    print(f"\nimage-test: {line}")
+    path = os.environ.get("FFLEET_IMAGE_TEST_REPORT")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"image-test: {line}\n")
+
+
+def image_size_mb(tag: str) -> float:
+    return int(docker("image", "inspect", "-f", "{{.Size}}", tag).stdout) / 1e6
+
+
+def worker_argv(image: str, endpoint: str, batch_uri: str, *, detach: bool = False, name: str | None = None,
+                env: dict[str, str] | None = None) -> list[str]:
+    """`docker run` of the image's own command (`ffleet worker`) as Batch runs it, on the host network
+    so that 127.0.0.1 is the moto server."""
+    argv = [DOCKER, "run", "--network", "host"]
+    argv += ["-d"] if detach else ["--rm"]
+    if name:
+        argv += ["--name", name]
+    for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "FFLEET_BATCH_URI": batch_uri, **(env or {})}.items():
+        argv += ["-e", f"{key}={value}"]
+    return argv + [image]
+
+
+def run_worker(image: str, endpoint: str, batch_uri: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(worker_argv(image, endpoint, batch_uri, **kw), capture_output=True, text=True, timeout=600)
+
+
+def log_lines(stdout: str) -> list[dict]:
+    """The worker's JSON log lines (one object per line)."""
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def start_moto_server(host: str = "127.0.0.1"):
+    """A moto server in this process: inside mock_aws it serves the same backends, so a container
+    reaches what the test made. Returns (server, url)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port(host)
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    server.start()
+    return server, f"http://{host}:{port}"
+
+
+def wait_for(predicate, what: str, tries: int = 3000, pause: float = 0.02):
+    """Poll until predicate() is truthy (bounded by tries, not by a clock) and return its value."""
+    for _ in range(tries):
+        value = predicate()
+        if value:
+            return value
+        time.sleep(pause)
+    raise AssertionError(f"gave up waiting for {what}")
