@@ -4,45 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
 from ffleet import __version__
 from ffleet.request import RequestError, load_request
-from ffleet.results import EXIT_FAILURES, EXIT_INVALID, EXIT_OK
-
-EXIT_SIGINT = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C ended
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null: its reader went away, and Python would raise again when it
-    flushes stdout at exit ("Exception ignored ... BrokenPipeError")."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
-# Control characters other than newline and tab, C1 included: a file name holding ESC sequences
-# would otherwise drive the operator's terminal (retitle it, rewrite lines, OSC 52 clipboard writes).
-_TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def terminal_safe(text: str, is_json: bool = False) -> str:
-    """text with control characters shown as \\xNN for a human, or as \\u00NN in JSON (the same
-    string to a JSON reader: json.dumps escapes C0 controls itself, but not C1 ones)."""
-    escape = "\\u{:04x}" if is_json else "\\x{:02x}"
-    return _TERMINAL_CONTROLS.sub(lambda m: escape.format(ord(m.group())), text)
-
-
-def _print(text: str) -> None:
-    """Print to stdout. A reader that stops early (`ffleet run job.json | head`) is not a failure of
-    the command: the rest of the text is dropped and the command's own exit code stands."""
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        _silence_stdout()
-
+from ffleet.results import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_SIGINT
+from ffleet.terminal import print_stdout as _print
+from ffleet.terminal import silence_stdout as _silence_stdout
+from ffleet.terminal import terminal_safe
 
 
 def _print_request_error(path: str, exc: RequestError) -> None:

@@ -7,14 +7,21 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ffleet.results import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, FAILED_FILE, SUMMARY_FILE, format_summary
+from ffleet.results import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_SIGINT, FAILED_FILE, SUMMARY_FILE, format_summary
 from ffleet.run_watch import (
     TERMINAL, FollowError, GaveUp, Pace, Rejected, RunWatch, Snapshot, as_utc, await_start, error_code, exit_code, follow,
     resolve_run, stack_output,
 )
 from ffleet.storage import split_s3_uri
+from ffleet.terminal import print_stdout, terminal_safe
 
-EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C: following stopped, the run did not
+EXIT_INTERRUPTED = EXIT_SIGINT  # Ctrl-C: following stopped, the run did not
+
+
+def _show_summary(summary: dict[str, Any], as_json: bool) -> None:
+    """As `ffleet run` prints it; the keys in it are the users' (control characters escaped)."""
+    text = json.dumps(summary, indent=2, ensure_ascii=False) if as_json else format_summary(summary)
+    print_stdout(terminal_safe(text, is_json=as_json))
 
 
 # --- showing it ------------------------------------------------------------------------------
@@ -147,7 +154,7 @@ def resume_hint(name: str, stack: str | None) -> str:
 def print_rejection(exc: Rejected) -> None:
     print(f"ffleet: the stack rejected the request ({exc.uri}):", file=sys.stderr)
     for e in exc.note.get("errors") or []:
-        print(f"  {e.get('field', '?')}: {e.get('message', '')}", file=sys.stderr)
+        print(terminal_safe(f"  {e.get('field', '?')}: {e.get('message', '')}"), file=sys.stderr)
 
 
 def finish(watch: RunWatch, snap: Snapshot, args) -> int:
@@ -156,13 +163,11 @@ def finish(watch: RunWatch, snap: Snapshot, args) -> int:
     took = _clock_text(snap.elapsed(snap.stopped or datetime.now(timezone.utc)))
     print(f"ffleet: {snap.name} {snap.status} after {took}; summary: {source}", file=sys.stderr)
     if snap.status != "SUCCEEDED" and (snap.error or snap.cause):
-        print(f"  {snap.error or ''}: {(snap.cause or '')[:500]}", file=sys.stderr)
+        print(terminal_safe(f"  {snap.error or ''}: {(snap.cause or '')[:500]}"), file=sys.stderr)
     if summary is None:
         print("ffleet: the run has no summary and no records to summarize", file=sys.stderr)
-    elif getattr(args, "json", False):
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
-        print(format_summary(summary))
+        _show_summary(summary, getattr(args, "json", False))
     return exit_code(snap.status, summary)
 
 
@@ -293,7 +298,7 @@ def cmd_cancel(args, clients: Clients | None = None, pace: Pace | None = None) -
               "counted below: submit the request again to process them (existing outputs are skipped)",
               file=sys.stderr)
         if summary is not None:
-            print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json else format_summary(summary))
+            _show_summary(summary, args.json)
         return EXIT_FAILURES
 
     return _guard(cancel)

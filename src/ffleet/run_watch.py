@@ -134,8 +134,9 @@ def await_start(sfn, s3, *, state_machine_arn: str, name: str, bucket: str, key:
         if pace.clock() >= deadline:
             waited = f" after {timeout:.0f} s" if timeout else " yet"
             raise FollowError(
-                f"no execution {name} for s3://{bucket}/{key} and no {REJECTED_SUFFIX} beside it{waited}: is the "
-                "trigger bucket's event notification in place? The start function's log says what it received"
+                f"no execution {name} for s3://{bucket}/{key} and no {REJECTED_SUFFIX} beside it{waited}: the "
+                "start function's log says what it received; an invocation that failed is in the stack's "
+                "failed-requests queue (docs/cloud.md); no invocation at all: is the trigger's notification in place?"
             )
         pace.wait()
 

@@ -156,7 +156,7 @@ def test_submit_wait_follows_the_moto_pipeline_then_status_finds_the_run(cloud, 
     assert f"following {execution['executionArn']}" in err
     assert f"summary: s3://{RESULTS}/runs/{execution['name']}/summary.json" in err
     # progress lines (stderr is not a terminal here), from the Map Run's counts and the records
-    assert "files 2/2 done, 0 failed  batches 0 running, 0 failed, 0 pending" in err
+    assert "SUCCEEDED  files 2/2 done, 0 failed  batches 0 running, 0 failed, 0 pending" in err
     # polls back off: the intervals grow and never pass the cap
     polls = fake.waits
     assert len(polls) >= 2 and polls == sorted(polls) and max(polls) <= Pace.cap
@@ -181,15 +181,15 @@ def test_submit_wait_exits_1_over_tolerance_and_redrive_submits_the_failed_files
     _stack(cloud)
     for name in ("in/a.wav", "in/b c.wav", f"in/{FAIL_MARK}.wav"):  # the last one's Batch job fails
         cloud.s3.put_object(Bucket=MEDIA, Key=name, Body=b"RIFF")
-    request = _request(50)
+    request = _request(20)
     request["input"]["extensions"] = [".wav"]
     code, out, err, _ = _submit_and_wait(cloud, tmp_path, monkeypatch, capsys, request, "--json")
-    assert code == 1, err
     summary = json.loads(out[out.index('{\n  "run"'):])  # after "submitted ..." and the Lambdas' log lines
-    # under moto the failed job's file is not_done (ResultWriter lists no children): never within tolerance
-    assert summary["files"]["not_done"] == 1 and not summary["within_tolerance"]
-    # the caught job failure shows while following: its child "succeeded" but left no records
-    assert "files 2/3 done, 1 failed  batches 0 running, 1 failed, 0 pending" in err
+    assert code == 1, err
+    assert summary["files"]["total"] == 3 and summary["files"]["succeeded"] == 2 and not summary["within_tolerance"]
+    # the caught job failure shows while following (its child "succeeded" but left no records file),
+    # and the execution ends FAILED because the summary is over tolerance
+    assert "FAILED  files 2/3 done, 1 failed  batches 0 running, 1 failed, 0 pending" in err
     first = cloud.sfn.list_executions(stateMachineArn=cloud.sm)["executions"][0]["name"]
 
     assert _cli(monkeypatch, FakeTime(), "redrive", first, "--stack", STACK) == 0
@@ -200,7 +200,7 @@ def test_submit_wait_exits_1_over_tolerance_and_redrive_submits_the_failed_files
     assert new["input"]["manifest"] == f"s3://{RESULTS}/runs/{first}/failed-files.jsonl" and not new["input"]["s3_prefix"]
     assert new["input"]["extensions"] == [".wav"] and new["input"]["s3_bucket"] == MEDIA
     assert new["output"]["file_options"] == "-ac 1 -ar 48000" and new["compute"] == "arm"
-    assert new["processing"]["tolerated_failure_percent"] == 50 and new["name"] == "podcast-episodes-redrive"
+    assert new["processing"]["tolerated_failure_percent"] == 20 and new["name"] == "podcast-episodes-redrive"
     assert "results" not in new or not new["results"] or not new["results"].get("s3_bucket")
     failed = cloud.s3.get_object(Bucket=RESULTS, Key=f"runs/{first}/failed-files.jsonl")["Body"].read().decode()
     assert [json.loads(line)["key"] for line in failed.splitlines()] == [f"in/{FAIL_MARK}.wav"]
@@ -574,3 +574,18 @@ def test_on_a_terminal_the_progress_is_two_rich_bars_within_80_columns():
     assert len(screen) == 2 and all(len(line.rstrip()) <= 80 for line in screen)
     assert screen[0].startswith("files ") and "40/100 11 failed · RUNNING · 0:06:00 elapsed, eta 0:09:00" in screen[0]
     assert screen[1].startswith("batches ") and "3/10" in screen[1] and "4 running · 1 failed · 3 pending" in screen[1]
+
+
+def test_a_hostile_key_in_the_summary_cannot_drive_the_terminal(stubbed, capsys):
+    from ffleet.results import ItemResult, SummaryBuilder
+
+    s = stubbed.stub
+    s.add_response("describe_execution", _describe("SUCCEEDED"), {"executionArn": ARN})
+    s.add_response("list_map_runs", {"mapRuns": []}, {"executionArn": ARN})
+    b = SummaryBuilder()
+    b.add(ItemResult(key="media/\x1b]0;owned\x07.wav", status="failed", reason="corrupt_input"))
+    stubbed.s3.put_object(Bucket="results", Key="runs/podcasts-0123456789abcdef/summary.json",
+                          Body=json.dumps(b.summary(wall_seconds=1)).encode())
+    assert follow.watch_to_end(_watch(stubbed, FakeTime()), SimpleNamespace(json=False, stack=None, no_progress=True)) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "media/\\x1b]0;owned\\x07.wav" in out
