@@ -264,7 +264,7 @@ def cmd_status(args, clients: Clients | None = None, pace: Pace | None = None) -
         watch = _watch_for(args, clients, pace)
         if args.wait:
             return watch_to_end(watch, args)
-        snap = watch.poll()
+        snap = watch.poll()  # records are read (one look) only while the run goes on
         if snap.status in TERMINAL:
             return finish(watch, snap, args)
         if args.json:
@@ -287,10 +287,10 @@ def cmd_cancel(args, clients: Clients | None = None, pace: Pace | None = None) -
         desc = watch.describe()
         if desc["status"] in TERMINAL:
             print(f"ffleet: {watch.name} already ended {desc['status']}; nothing to cancel", file=sys.stderr)
-            return finish(watch, watch.poll(), args)
+            return finish(watch, watch.poll(read_records=False), args)
         pace.call("StopExecution", clients.sfn.stop_execution, executionArn=watch.arn,
                   error="ffleet.Cancelled", cause="stopped by `ffleet cancel`")
-        snap = watch.poll()
+        snap = watch.poll(read_records=False)
         # The summarizer never runs for a stopped execution: summarize the records written so far
         # here, and write summary.json and failed-files.jsonl so `ffleet redrive` can pick the run up.
         summary = watch.summarize(write=True)

@@ -321,6 +321,8 @@ class RunWatch:
         snap.batches_pending = _count(ec, "pending")
         snap.files_total, map_done, map_failed = file_counts(ic, ec, self.files_per_job)
         finished = snap.batches_succeeded + snap.batches_failed
+        if snap.status in TERMINAL and self._listed_at is None:
+            read_records = False  # an ended run first seen now: its summary is exact, no need to estimate
         if read_records and self.results_bucket and (self._listed_at != finished or self._unread()):
             self._read_records()
             self._listed_at = finished
