@@ -589,3 +589,20 @@ def test_a_hostile_key_in_the_summary_cannot_drive_the_terminal(stubbed, capsys)
     assert follow.watch_to_end(_watch(stubbed, FakeTime()), SimpleNamespace(json=False, stack=None, no_progress=True)) == 1
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "media/\\x1b]0;owned\\x07.wav" in out
+
+
+def test_a_run_that_has_already_ended_is_summarized_without_reading_its_records(stubbed, capsys):
+    s = stubbed.stub
+    s.add_response("describe_execution", _describe("SUCCEEDED"), {"executionArn": ARN})
+    s.add_response("list_map_runs", {"mapRuns": [{"executionArn": ARN, "mapRunArn": MAP_RUN, "startDate": T0,
+                                                "stateMachineArn": MAP_RUN.replace(":mapRun:", ":stateMachine:")}]},
+                   {"executionArn": ARN})
+    s.add_response("describe_map_run", _map_run(running=0, succeeded=2, failed=0, pending=0), {"mapRunArn": MAP_RUN})
+    _records(stubbed.s3, "b1", *["succeeded"] * 10)
+    _summary(stubbed.s3, within=True)
+    fake = FakeTime()
+    pace = Pace(sleep=fake.sleep, clock=fake.clock)
+    code = follow.cmd_status(SimpleNamespace(run=ARN, stack=None, list=False, wait=False, json=False),
+                             follow.Clients(sfn=stubbed.sfn, s3=stubbed.s3, cfn=object()), pace)
+    assert code == 0 and capsys.readouterr().out.startswith("files      1 total: 1 succeeded")
+    assert fake.waits == [] and pace.calls["ListObjectsV2"] == 0 and pace.calls["GetObject"] == 1  # summary.json
