@@ -231,9 +231,9 @@ def profile_worker(files: list[Path], corpus: Path, workdir: Path) -> dict:
                 phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
         return wrapper
 
-    originals = (worker.run_process, worker.probe)
+    originals = (worker.run_process, worker.read_media)
     worker.run_process = timed("ffmpeg", worker.run_process)
-    worker.probe = timed("ffprobe (verify output)", worker.probe)
+    worker.read_media = timed("read back (verify output)", worker.read_media)
     ctx.output_store.exists = timed("skip check (output exists?)", ctx.output_store.exists)
     ctx.output_store.store = timed("store (rename out)", ctx.output_store.store)
     total = 0.0
@@ -245,7 +245,7 @@ def profile_worker(files: list[Path], corpus: Path, workdir: Path) -> dict:
             if res.status != "succeeded":
                 raise RuntimeError(f"profile: {res.key}: {res.reason} {res.detail}")
     finally:
-        worker.run_process, worker.probe = originals
+        worker.run_process, worker.read_media = originals
     n = len(files)
     per_file = {k: round(v / n * 1000, 2) for k, v in phases.items()}
     per_file["python (temp dirs, parsing, bookkeeping)"] = round((total - sum(phases.values())) / n * 1000, 2)

@@ -316,8 +316,10 @@ def test_records_are_written_within_the_grace_period_even_if_a_transfer_hangs(s3
     assert proc.returncode == EXIT_INTERRUPTED, err
     records = _records(client)
     assert records["media/a-first.wav"]["status"] == "succeeded"
-    for key in ("media/b-stuck.wav", "media/c-last.wav"):
-        assert records[key]["status"] == "not_done" and "after the stop" in records[key]["detail"]
+    assert records["media/b-stuck.wav"]["status"] == "not_done" and "after the stop" in records["media/b-stuck.wav"]["detail"]
+    # c-last is not queued behind the stuck transfer (a second thread per FFmpeg slot takes it): it
+    # is either stopped before it started or, if its thread was slower, counted by the grace period
+    assert records["media/c-last.wav"]["status"] == "not_done" and records["media/c-last.wav"]["reason"] == "interrupted"
     assert _out_keys(client) == {"out/media/a-first.flac"}
     summary = [json.loads(line) for line in rest.splitlines() if '"batch_summary"' in line]
     assert len(summary) == 1 and summary[0]["files"]["not_done"] == 2

@@ -1,4 +1,4 @@
-"""Start Lambda: S3 ObjectCreated on jobs/*.json, or the stack's schedule -> one state machine execution per request."""
+"""Start Lambda: S3 ObjectCreated under jobs/ or manifests/, or the stack's schedule -> one state machine execution per request."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from ffleet.joblimits import StackLimits
 from ffleet.request import RequestError
-from ffleet import trigger
+from ffleet import manifest_trigger, trigger
 
 logger = Logger()
 tracer = Tracer()
@@ -23,6 +23,8 @@ SCHEDULED_REQUEST = os.environ.get("SCHEDULED_REQUEST", "")
 INPUT_BUCKET = os.environ.get("INPUT_BUCKET", "")
 OUTPUT_BUCKET = os.environ.get("OUTPUT_BUCKET", "")
 LIMITS = StackLimits.from_env()
+# A manifest under manifests/ runs with DEFAULT_REQUEST over keys in INPUT_BUCKET; without them it is rejected, saying why.
+DEFAULT_REQUEST = os.environ.get("DEFAULT_REQUEST", "")
 _missing = [n for n, v in (("STATE_MACHINE_ARN", STATE_MACHINE_ARN), ("RESULTS_BUCKET", RESULTS_BUCKET)) if not v]
 if _missing:
     raise RuntimeError(f"start function: environment variable(s) {', '.join(_missing)} not set (see template.yaml)")
@@ -47,9 +49,9 @@ def handler(event, context):
             metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
             raise
     else:
-        outcome = trigger.handle_s3_event(
+        outcome = manifest_trigger.handle_trigger_event(
             event, s3=s3, sfn=sfn, state_machine_arn=STATE_MACHINE_ARN, results_bucket=RESULTS_BUCKET, log=logger,
-            input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, limits=LIMITS,
+            input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, limits=LIMITS, default_request=DEFAULT_REQUEST,
         )
     metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=len(outcome.started))
     metrics.add_metric(name="DuplicateEvents", unit=MetricUnit.Count, value=len(outcome.already_running))

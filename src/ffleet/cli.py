@@ -208,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
         return run_submit(args)
 
-    p = sub.add_parser("submit", help="upload a job request to a deployed stack's trigger bucket (starts a cloud run)")
-    p.add_argument("request", help="path of the job request (JSON)")
+    p = sub.add_parser("submit", help="upload a job request or a manifest to a deployed stack's trigger bucket (starts a cloud run)")
+    p.add_argument("request", help="path of the job request (JSON), or of a manifest (.csv, .jsonl, .ndjson) to run with the stack's DefaultRequest")
     p.add_argument("--stack", required=True, help="name of the deployed ffleet stack (sam deploy's stack_name)")
     _follow_flags(p)
     p.set_defaults(func=cmd_submit)

@@ -9,8 +9,8 @@ from typing import Any, Callable
 
 from ffleet.results import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_SIGINT, FAILED_FILE, SUMMARY_FILE, format_summary
 from ffleet.run_watch import (
-    TERMINAL, FollowError, GaveUp, Pace, Rejected, RunWatch, Snapshot, as_utc, await_start, error_code, exit_code, follow,
-    resolve_run, stack_output,
+    TERMINAL, FollowError, GaveUp, Pace, Rejected, RunWatch, Snapshot, as_utc, await_start, await_start_by_trigger,
+    error_code, exit_code, follow, resolve_run, stack_output,
 )
 from ffleet.storage import split_s3_uri
 from ffleet.terminal import print_stdout, terminal_safe
@@ -195,15 +195,19 @@ def follow_submitted(sent: dict[str, str], args, clients: Clients | None = None,
 
     def wait_and_follow() -> int:
         try:
-            arn = await_start(clients.sfn, clients.s3, state_machine_arn=sent["state_machine_arn"],
-                              name=sent["execution_name"], bucket=bucket, key=key, pace=pace)
+            if sent.get("execution_name"):
+                arn = await_start(clients.sfn, clients.s3, state_machine_arn=sent["state_machine_arn"],
+                                  name=sent["execution_name"], bucket=bucket, key=key, pace=pace)
+            else:  # a manifest: the stack picks the request, and so the name
+                arn = await_start_by_trigger(clients.sfn, clients.s3, state_machine_arn=sent["state_machine_arn"],
+                                             bucket=bucket, key=key, pace=pace)
         except GaveUp:
             raise
         except FollowError as exc:  # the request was uploaded but no run started
             print(f"ffleet: {exc}", file=sys.stderr)
             return EXIT_FAILURES
         except KeyboardInterrupt:
-            print(f"\nffleet: stopped waiting; resume with: {resume_hint(sent['execution_name'], args.stack)}",
+            print(f"\nffleet: stopped waiting; resume with: {resume_hint(sent.get('execution_name') or sent['uri'], args.stack)}",
                   file=sys.stderr)
             return EXIT_INTERRUPTED
         print(f"ffleet: following {arn}", file=sys.stderr)

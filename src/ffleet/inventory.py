@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from typing import Iterable, Iterator
 
@@ -14,8 +15,17 @@ from ffleet.storage import ListedObject, input_storage, open_location
 KEY_FIELDS = ("key", "Key", "s3_key", "object_key")
 
 
+# Header cells that name a CSV manifest's key column, compared case-insensitively with the spaces
+# around them ignored, in order of preference.
+KEY_COLUMNS = tuple(dict.fromkeys(f.lower() for f in KEY_FIELDS))
+
+
 class ManifestError(ValueError):
-    pass
+    """A manifest that cannot be read; `line` is set when one line is to blame."""
+
+    def __init__(self, source: str, reason: str, line: int | None = None):
+        self.source, self.reason, self.line = source, reason, line
+        super().__init__(f"{source} line {line}: {reason}" if line is not None else f"{source}: {reason}")
 
 
 def item_key(row: object) -> str | None:
@@ -47,96 +57,125 @@ def wanted(objects: Iterable[ListedObject], extensions, dedupe: bool) -> Iterato
 
 
 def parse_manifest(data: bytes, source: str) -> Iterator[ListedObject]:
-    """Yield the keys of a manifest: JSON Lines when the first non-blank line starts with '{', else CSV.
-
-    CSV (RFC 4180, read with the csv module): if the first non-blank row names a column of
-    KEY_FIELDS, that column holds the keys ("c,d.wav" quoted as a field keeps its comma, '""' is a
-    quote, a quoted field may span lines); otherwise the file is one key per line, each line taken
-    whole (commas and quotes included), except that a line that is one quoted field is unquoted.
-    A UTF-8 byte order mark is ignored, blank lines are skipped anywhere, and a quote left open is
-    an error naming its line, never a field that swallows the lines after it.
-    """
+    """Yield the keys of a manifest: JSON Lines when the first non-blank line starts with '{', else CSV
+    (csv_manifest_keys). A UTF-8 byte order mark is ignored; lines end at '\n' (or '\r\n') only, so a
+    key may hold any other line-breaking character, as S3 keys may."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    lines = text.splitlines()
-    first_at = next((n for n, line in enumerate(lines) if line.strip()), None)
-    if first_at is None:
+        raise ManifestError(source, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    first = next((line for line in manifest_lines(text) if line.strip()), None)
+    if first is None:
         return
-    if lines[first_at].lstrip().startswith("{"):
-        yield from _json_lines(lines, source)
-        return
-    header = _csv_row(lines[first_at], source, first_at + 1)
-    names = [h.strip() for h in header] if header else []
-    column = next((names.index(f) for f in KEY_FIELDS if f in names), None)
-    if column is None:
-        yield from _key_lines(lines, source)
+    if looks_like_json_lines(first):
+        yield from _json_lines(manifest_lines(text), source)
     else:
-        yield from _csv_column(text, column, names[column], source)
+        for _, key in csv_manifest_keys(manifest_lines(text), source):
+            yield ListedObject(key)
 
 
-def _json_lines(lines: list[str], source: str) -> Iterator[ListedObject]:
+def manifest_lines(text: str) -> Iterator[str]:
+    """A manifest's lines, split at '\n' only, line ends kept (what csv_manifest_keys reads)."""
+    return iter(io.StringIO(text, newline="\n"))
+
+
+def looks_like_json_lines(first_line: str) -> bool:
+    """A manifest whose first non-blank line starts with '{' is JSON Lines, whatever its name."""
+    return first_line.lstrip().startswith("{")
+
+
+def _json_lines(lines: Iterable[str], source: str) -> Iterator[ListedObject]:
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ManifestError(f"{source} line {n}: not JSON ({exc.msg})") from None
+            raise ManifestError(source, f"not JSON ({exc.msg})", n) from None
         except (RecursionError, ValueError) as exc:
-            raise ManifestError(f"{source} line {n}: not a usable JSON object ({type(exc).__name__})") from None
+            raise ManifestError(source, f"not a usable JSON object ({type(exc).__name__})", n) from None
         key = item_key(row)
         if key is None:
-            raise ManifestError(f"{source} line {n}: no 'key' field holding a non-empty string of valid UTF-8")
+            raise ManifestError(source, "no 'key' field holding a non-empty string of valid UTF-8", n)
         size = row.get("size") if isinstance(row.get("size"), int) else None
         yield ListedObject(key, size)
 
 
-def _csv_row(line: str, source: str, n: int) -> list[str] | None:
+def csv_manifest_keys(lines: Iterable[str], source: str) -> Iterator[tuple[int, str]]:
+    """(line, key) for each key of a CSV manifest: the one set of rules for `ffleet run` and for a
+    manifest dropped into the trigger bucket. `lines` are the text split at '\n', ends kept.
+
+    If the first non-blank line has a cell named 'key' (any case, spaces around it ignored; 's3_key'
+    and 'object_key' too, 'key' preferred), it is a header and that column holds the keys: RFC 4180,
+    strict ("c,d.wav" quoted keeps its comma, '""' is a quote, a quoted field may span lines), other
+    columns ignored, rows with an empty key cell and blank rows skipped; a row with more fields than
+    the header, without the key column, or with a quote left open is an error naming its line (never
+    a field that swallows the lines after it). Otherwise every non-blank line is one key, the first
+    included, taken whole (commas and quotes included), except that a line that is exactly one quoted
+    field is unquoted.
+    """
+    it = iter(lines)
+    header_line = 0
+    for first in it:
+        header_line += 1
+        if first.strip():
+            break
+    else:
+        return
+    header = _csv_row(_line_text(first))
+    names = [c.strip().lower() for c in header or []]
+    column = next((names.index(f) for f in KEY_COLUMNS if f in names), None)
+    if column is None:
+        yield from _key_lines(itertools.chain([first], it), header_line)
+    else:
+        yield from _csv_column(it, column, len(names), header[column].strip(), source, header_line)
+
+
+def _line_text(line: str) -> str:
+    return line[:-1].removesuffix("\r") if line.endswith("\n") else line
+
+
+def _csv_row(line: str) -> list[str] | None:
+    """The line as one CSV row, or None if it is not one (then it is no header, and a key as written)."""
     try:
         return next(csv.reader([line], strict=True), None)
-    except csv.Error as exc:
-        raise ManifestError(f"{source} line {n}: not a CSV row ({exc})") from None
+    except csv.Error:
+        return None
 
 
-def _key_lines(lines: list[str], source: str) -> Iterator[ListedObject]:
-    """One key per line, taken whole; a line that is exactly one quoted CSV field is unquoted."""
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
+def _key_lines(lines: Iterable[str], first_line: int) -> Iterator[tuple[int, str]]:
+    for n, line in enumerate(lines, first_line):
+        key = _line_text(line)
+        if not key.strip():
             continue
-        if len(line) >= 2 and line[0] == '"' and line[-1] == '"':
-            row = _csv_row(line, source, n)
+        if len(key) >= 2 and key[0] == '"' and key[-1] == '"':
+            row = _csv_row(key)
             if row is not None and len(row) == 1:
-                line = row[0]
-        if not _encodable(line):
-            raise ManifestError(f"{source} line {n}: not valid UTF-8")
-        yield ListedObject(line)
+                key = row[0]
+        yield n, key
 
 
-def _csv_column(text: str, column: int, name: str, source: str) -> Iterator[ListedObject]:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    width = None
+def _csv_column(lines: Iterable[str], column: int, width: int, key_name: str, source: str, header_line: int
+                ) -> Iterator[tuple[int, str]]:
+    reader = csv.reader(lines, strict=True)
     try:
         for row in reader:
-            if not row or not any(cell.strip() for cell in row):
+            n = header_line + reader.line_num
+            if not any(cell.strip() for cell in row):
                 continue  # a blank row: skip it, the manifest goes on
-            if width is None:
-                width = len(row)  # the header
-                continue
             if len(row) > width:
                 # an unquoted comma in a key: 'c,d.wav' under a one-column header became 'c'
-                raise ManifestError(f"{source} line {reader.line_num}: {len(row)} fields, but the header has {width}; "
-                                    'quote a key holding a comma as "c,d.wav"')
+                raise ManifestError(source, f"{len(row)} fields, but the header has {width}; "
+                                    'quote a key holding a comma as "c,d.wav"', n)
             if column >= len(row):
-                raise ManifestError(f"{source} line {reader.line_num}: no '{name}' column (the row has {len(row)} fields)")
+                raise ManifestError(source, f"no {key_name!r} column (the row has {len(row)} fields)", n)
             if row[column].strip():
-                yield ListedObject(row[column])
+                yield n, row[column]
     except csv.Error as exc:
         # strict: an opening quote never closed (or text after a closing one) is an error, not a
         # field that runs on over every line after it
-        raise ManifestError(f"{source} line {reader.line_num}: not valid CSV ({exc}); "
-                            'quote a key holding a comma or a quote as "c,d.wav" (a quote doubled: "")') from None
+        raise ManifestError(source, f"not valid CSV ({exc}); quote a key holding a comma or a quote "
+                            'as "c,d.wav" (a quote doubled: "")', header_line + reader.line_num) from None
 
 
 def read_manifest(uri_or_path: str, client=None) -> Iterator[ListedObject]:

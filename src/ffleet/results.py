@@ -21,6 +21,7 @@ RECORDS_FILE = "records.jsonl"  # a local run's per-file records
 RECORDS_DIR = "records/"  # a cloud run's: records/<batch_id>.jsonl under the run's results prefix
 SUMMARY_FILE = "summary.json"
 FAILED_FILE = "failed-files.jsonl"
+REQUEST_FILE = "request.json"  # a cloud run's request, beside failed-files.jsonl: a re-drive reads its options
 
 # Exit codes of every command that ends a run (`ffleet run`, `ffleet submit --wait`, `ffleet status`):
 # 0 within tolerance; 1 failures over tolerance, or the run failed, timed out or was stopped; 2 invalid request.
@@ -179,9 +180,15 @@ class SummaryBuilder:
         return summary
 
 
-def failed_manifest_line(r: ItemResult) -> str:
-    """One line of failed-files.jsonl, in the format input.manifest reads back."""
-    return json.dumps({"key": r.key, "reason": r.reason, "detail": (r.detail or "")[:300]}, ensure_ascii=False)
+def failed_manifest_line(r: ItemResult, run: str | None = None) -> str:
+    """One line of failed-files.jsonl, in the format input.manifest reads back.
+
+    A cloud run names itself in `run`, so the file, copied as is under the trigger bucket's
+    manifests/, re-drives with that run's request."""
+    line = {"key": r.key, "reason": r.reason, "detail": (r.detail or "")[:300]}
+    if run:
+        line["run"] = run
+    return json.dumps(line, ensure_ascii=False)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

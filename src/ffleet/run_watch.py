@@ -141,6 +141,36 @@ def await_start(sfn, s3, *, state_machine_arn: str, name: str, bucket: str, key:
         pace.wait()
 
 
+def await_start_by_trigger(sfn, s3, *, state_machine_arn: str, bucket: str, key: str, pace: Pace,
+                           timeout: float = START_TIMEOUT_SECONDS) -> str:
+    """As await_start, where the name cannot be known in advance (a manifest's run is named after a
+    request the stack chooses): the newest executions whose input names s3://bucket/key as trigger.
+    Each execution is described once; a poll is one ListExecutions and one GetObject besides."""
+    seen: set[str] = set()
+    deadline = pace.clock() + timeout
+    while True:
+        listed = pace.call("ListExecutions", sfn.list_executions, stateMachineArn=state_machine_arn,
+                           maxResults=20).get("executions") or []
+        for e in listed:
+            if e["executionArn"] in seen:
+                continue
+            seen.add(e["executionArn"])
+            d = pace.call("DescribeExecution", sfn.describe_execution, executionArn=e["executionArn"])
+            try:
+                trigger = json.loads(d.get("input") or "{}").get("trigger") or {}
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if trigger.get("bucket") == bucket and trigger.get("key") == key:
+                return e["executionArn"]
+        note = read_rejection(s3, bucket, key, pace)
+        if note is not None:
+            raise Rejected(f"s3://{bucket}/{key}{REJECTED_SUFFIX}", note)
+        if pace.clock() >= deadline:
+            raise FollowError(f"no execution for s3://{bucket}/{key} and no {REJECTED_SUFFIX} beside it after "
+                              f"{timeout:.0f} s: the start function's log says what it received")
+        pace.wait()
+
+
 def resolve_run(run: str, *, sfn, s3, outputs: Callable[[], dict[str, str]], pace: Pace) -> str:
     """An execution ARN for RUN: an execution ARN, an execution name (with the stack), or the request's
     key in the trigger bucket (s3://bucket/jobs/... or jobs/... with the stack)."""
@@ -148,11 +178,14 @@ def resolve_run(run: str, *, sfn, s3, outputs: Callable[[], dict[str, str]], pac
         if ":execution:" not in run:
             raise FollowError(f"{run} is not an execution ARN (arn:...:execution:STATE_MACHINE:NAME)")
         return run
-    if run.startswith("s3://") or run.endswith(".json"):
+    if run.startswith("s3://") or run.endswith((".json", ".csv", ".jsonl", ".ndjson")):
         if run.startswith("s3://"):
             bucket, key = split_s3_uri(run)
         else:
             bucket, key = stack_output(outputs(), "TriggerBucketName"), run
+        if not key.endswith(".json"):  # a manifest dropped under manifests/: found by its trigger
+            return await_start_by_trigger(sfn, s3, state_machine_arn=stack_output(outputs(), "StateMachineArn"),
+                                          bucket=bucket, key=key, pace=pace, timeout=0)
         try:
             head = pace.call("HeadObject", s3.head_object, Bucket=bucket, Key=key)
         except Exception as exc:

@@ -24,6 +24,7 @@ from ffleet.results import (
     FAILED, FAILED_FILE, NOT_DONE, RECORDS_DIR, RECORDS_FILE, SKIPPED, SUMMARY_FILE, SUCCEEDED, ItemResult, SummaryBuilder, failed_manifest_line,
     read_records, summary_text,
 )
+from ffleet.results import REQUEST_FILE
 from ffleet.storage import (
     CHUNK, ListedObject, LocalStorage, NotFound, S3Storage, Storage, StorageError, open_location, split_s3_uri,
 )
@@ -509,15 +510,16 @@ class RunSummary:
 class _Aggregation:
     """SummaryBuilder plus the re-drive manifest, written as records stream past."""
 
-    def __init__(self, failed_path: Path):
+    def __init__(self, failed_path: Path, run: str | None = None):
         self.builder = SummaryBuilder()
         self.failed = open(failed_path, "w", encoding="utf-8")
         self.record_files = 0
+        self.run = run
 
     def add(self, r: ItemResult) -> None:
         self.builder.add(r)
         if r.status in (FAILED, NOT_DONE):
-            self.failed.write(failed_manifest_line(r) + "\n")
+            self.failed.write(failed_manifest_line(r, self.run) + "\n")
 
     def close(self) -> None:
         self.failed.close()
@@ -535,6 +537,7 @@ def summarize_cloud(
     inline_outputs: list[Any] | None = None,
     outputs_may_collide: bool = True,
     map_error: str | None = None,
+    request: dict[str, Any] | None = None,
 ) -> RunSummary:
     """Summarize a cloud run (or a local copy of one): its ResultWriter output and records/*.jsonl.
 
@@ -552,7 +555,7 @@ def summarize_cloud(
     elif prefix and not prefix.endswith("/"):
         prefix += "/"
     with tempfile.TemporaryDirectory(prefix="ffleet-summarize-") as tmp:
-        agg = _Aggregation(Path(tmp) / FAILED_FILE)
+        agg = _Aggregation(Path(tmp) / FAILED_FILE, execution_name or _run_of(prefix))
         ledger = _Ledger(tmp)
         claims = OutputClaims(Path(tmp)) if outputs_may_collide else None
         run: dict[str, Any] = {"name": name, "execution_name": execution_name, "mode": "cloud", "map_error": map_error}
@@ -636,10 +639,20 @@ def summarize_cloud(
         if write:
             store.write_bytes(prefix + SUMMARY_FILE, summary_text(summary).encode("utf-8"), content_type="application/json")
             store.store(Path(tmp) / FAILED_FILE, prefix + FAILED_FILE, content_type="application/x-ndjson")
+            if request:
+                # failed-files.jsonl names this run; dropped under manifests/, it re-drives with this request
+                store.write_bytes(prefix + REQUEST_FILE, json.dumps(request, ensure_ascii=False).encode("utf-8"),
+                                  content_type="application/json")
             # the dataset card as a page, the same one a local run writes
             store.write_bytes(prefix + REPORT_FILE, render_html(summary).encode("utf-8"), content_type="text/html; charset=utf-8")
             out.summary_uri, out.failed_files_uri = store.uri(prefix + SUMMARY_FILE), store.uri(prefix + FAILED_FILE)
         return out
+
+
+def _run_of(prefix: str) -> str | None:
+    """The execution name in a cloud results prefix (runs/<execution-name>/), if it is one."""
+    m = re.fullmatch(r"(?:.*/)?runs/([A-Za-z0-9_-]{1,80})/", prefix)
+    return m.group(1) if m else None
 
 
 def _report_missing(agg, ledger, batch_id, known, store, prefix, seen_keys: set[str]) -> None:
@@ -687,6 +700,7 @@ def summarize_event(event: SummarizeEvent, s3_client) -> RunSummary:
         # prefix + key + suffix is one output per input; only a replaced extension can share one
         outputs_may_collide=bool(output.get("extension")) if event.request else True,
         map_error=map_error,
+        request=event.request or None,
     )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ffleet import audio_quality
+from ffleet.verify import MediaInfo, read_media  # noqa: I001 - placed here to keep merges with main small
 from ffleet.ffmpeg import (
     Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, probe,
     run_process,
@@ -112,8 +113,11 @@ class WorkContext:
     work_dir: Path
     binaries: Binaries = field(default_factory=find_binaries)
     registry: ProcessRegistry = field(default_factory=ProcessRegistry)
+    # run_items: at most `workers` FFmpegs at once, while other threads fetch, verify and store
+    ffmpeg_slots: threading.Semaphore | None = field(default=None, repr=False)
     tokens: dict[str, list[str]] = field(init=False)
     guard: list[str] = field(init=False)
+    output_guard: list[str] = field(init=False)  # the output is read back with an input's protection
     measuring: bool = field(init=False)
     # (input, output extension) -> the output options (the user's, -vn added for video into an audio container)
     _outputs: dict[tuple[str, str], list[str]] = field(init=False, default_factory=dict, repr=False)
@@ -132,6 +136,9 @@ class WorkContext:
         # a user's input -f (e.g. s16le for raw PCM) is a demuxer they chose: let it through
         user_formats = [v for flag, v in option_pairs(self.tokens["input"]) if flag == "-f" and v is not None]
         self.guard = input_guard(user_formats)
+        # a user's output -f names the muxer: reading the output back needs its demuxer (if FFmpeg has one)
+        output_formats = [v for flag, v in option_pairs(self.tokens["output"]) if flag == "-f" and v is not None]
+        self.output_guard = input_guard(output_formats)
         self.measuring = audio_quality.measuring(self.request, self.tokens)
         if self.measuring:
             self._loglevel = audio_quality.global_args(self.tokens["global"])
@@ -200,8 +207,9 @@ def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
         result.status, result.reason, result.detail = NOT_DONE, "interrupted", "stopped before this file started"
         return result
     slot = Path(tempfile.mkdtemp(prefix="item-", dir=ctx.work_dir))
+    waited = [0.0]  # seconds spent waiting for an FFmpeg slot: not this file's time
     try:
-        _process(ctx, item, out_key, slot, result)
+        _process(ctx, item, out_key, slot, result, waited)
     except StorageError as exc:
         result.status = FAILED
         result.reason = "not_found" if isinstance(exc, NotFound) else "invalid_key" if isinstance(exc, InvalidKey) else "storage_error"
@@ -213,14 +221,15 @@ def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
         result.status, result.reason, result.detail = FAILED, "internal_error", f"{type(exc).__name__}: {exc}"
     finally:
         shutil.rmtree(slot, ignore_errors=True)
-        result.wall_seconds = round(time.monotonic() - started, 4)
+        result.wall_seconds = round(time.monotonic() - started - waited[0], 4)
     if result.status == FAILED and ctx.registry.stopping.is_set() and result.reason in ("ffmpeg_error", "timeout", "corrupt_input", "invalid_output"):
         # killed by our own shutdown: not the file's fault, so a retry must pick it up
         result.status, result.reason, result.detail = NOT_DONE, "interrupted", "stopped while processing"
     return result
 
 
-def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, result: ItemResult) -> None:
+def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, result: ItemResult,
+             waited: list[float]) -> None:
     req = ctx.request
     # 0. Keys that cannot name one distinct file (or object) where they are read or written.
     for role, store, key in (("input", ctx.input_store, item.key), ("output", ctx.output_store, out_key)):
@@ -240,12 +249,23 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
         return
     # 3. FFmpeg into a temp file; it becomes the output only after it probes as valid.
     dst = slot / ("output" + _temp_suffix(out_key))
-    run = run_process(
-        ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry,
-        stderr_limit=audio_quality.ANALYSIS_STDERR_LIMIT if ctx.measuring else 64_000,
-        # the kernel keeps FFmpeg to its input and this file's own folder, whatever its options say
-        confinement=Confinement(read=(str(src),), write=(str(slot),), max_output_bytes=req.processing.max_output_bytes),
-    )
+    if ctx.ffmpeg_slots is not None:
+        queued = time.monotonic()
+        ctx.ffmpeg_slots.acquire()
+        waited[0] = time.monotonic() - queued
+    try:
+        if ctx.registry.stopping.is_set():
+            result.status, result.reason, result.detail = NOT_DONE, "interrupted", "stopped before this file's FFmpeg started"
+            return
+        run = run_process(
+            ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry,
+            stderr_limit=audio_quality.ANALYSIS_STDERR_LIMIT if ctx.measuring else 64_000,
+            # the kernel keeps FFmpeg to its input and this file's own folder, whatever its options say
+            confinement=Confinement(read=(str(src),), write=(str(slot),), max_output_bytes=req.processing.max_output_bytes),
+        )
+    finally:
+        if ctx.ffmpeg_slots is not None:
+            ctx.ffmpeg_slots.release()  # the next file's FFmpeg starts while this one is verified and stored
     result.cpu_seconds += run.cpu_seconds
     info = parse_input_info(run.stderr)
     if info.parsed:
@@ -284,27 +304,21 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
             result.reason, result.detail = "ffmpeg_error", tail or f"ffmpeg exited with {run.returncode}"
         return
     if not info.parsed or info.duration is None:
-        # the user's -loglevel hid the input section, or the container has no duration: ask ffprobe
-        in_probe, pr = probe(src, ctx.binaries, registry=ctx.registry, untrusted=True)
-        result.cpu_seconds += pr.cpu_seconds
-        if in_probe:
-            dur = (in_probe.get("format") or {}).get("duration")
-            result.duration_in = float(dur) if dur not in (None, "N/A") else None
-            types = [s.get("codec_type") for s in in_probe.get("streams", [])]
-            if "audio" not in types and req.processing.require_audio:
+        # the user's -loglevel hid the input section, or the container has no duration: read the input
+        in_read = read_media(src, ctx.guard, ctx.binaries, ctx.registry)
+        result.cpu_seconds += in_read.cpu_seconds
+        if in_read.info:
+            result.duration_in = in_read.info.duration
+            if not in_read.info.has_audio and req.processing.require_audio:
                 result.reason, result.detail = "no_audio_stream", "input has no audio stream"
                 return
     # 4. Verify the output: FFmpeg can exit 0 after writing a header-only file.
     if not dst.is_file() or dst.stat().st_size == 0:
         result.reason, result.detail = "invalid_output", "FFmpeg exited 0 but wrote no output"
         return
-    out_probe, pr = probe(dst, ctx.binaries, registry=ctx.registry)
-    result.cpu_seconds += pr.cpu_seconds
-    problem = _verify_output(ctx, out_probe, result)
-    if problem and not out_probe:
-        unsupported = _NOT_ON_WHITELIST.search(pr.stderr)
-        if unsupported:  # e.g. playlist bytes: read as such, they would name another file
-            problem += f" (it reads as {unsupported.group(1)}, a format ffleet does not read; see INPUT_FORMATS)"
+    out_read = read_media(dst, ctx.output_guard, ctx.binaries, ctx.registry)
+    result.cpu_seconds += out_read.cpu_seconds
+    problem = _verify_output(ctx, out_read.info, result)
     if problem:
         result.reason, result.detail = "invalid_output", problem
         return
@@ -317,23 +331,18 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     ctx.output_store.store(dst, out_key)
 
 
-def _verify_output(ctx: WorkContext, out_probe: dict | None, result: ItemResult) -> str | None:
+def _verify_output(ctx: WorkContext, out: MediaInfo | None, result: ItemResult) -> str | None:
     req = ctx.request
-    if not out_probe:
-        return "the output cannot be read back by ffprobe"
-    streams = out_probe.get("streams") or []
-    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
-    fmt = out_probe.get("format") or {}
-    duration = _float(fmt.get("duration")) or _float((audio or {}).get("duration"))
-    result.duration_out = duration
-    if audio:
-        result.sample_rate = int(audio["sample_rate"]) if audio.get("sample_rate") else None
-        result.channels = audio.get("channels")
-        result.codec = audio.get("codec_name")
-    if not streams:
+    if out is None:
+        return "the output cannot be read back as media"
+    result.duration_out = out.duration
+    if out.has_audio:
+        result.sample_rate, result.channels, result.codec = out.sample_rate, out.channels, out.codec
+    if not out.stream_types:
         return "the output has no streams"
-    if req.processing.require_audio and not _has_flag(ctx.tokens["output"], "-an") and audio is None:
+    if req.processing.require_audio and not _has_flag(ctx.tokens["output"], "-an") and not out.has_audio:
         return "the output has no audio stream"
+    duration = out.duration
     if duration is None or duration <= 0:
         return "the output has no duration (header only?)"
     if req.processing.verify_duration:
@@ -346,11 +355,6 @@ def _verify_output(ctx: WorkContext, out_probe: dict | None, result: ItemResult)
     return None
 
 
-def _float(v) -> float | None:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
 
 
 def default_workers(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -391,6 +395,10 @@ def run_items(
     ctx.registry.stop_all() every remaining item is yielded as not_done.
     """
     workers = workers or default_workers()
+    # Twice as many threads as FFmpegs: while one thread verifies and stores a finished output (and,
+    # on S3, fetches the next input), another's FFmpeg already runs, so a core does not wait on
+    # Python between two files. A slot is taken only around FFmpeg itself.
+    ctx.ffmpeg_slots = threading.BoundedSemaphore(workers)
     iterator = iter(items)
     in_flight: set[Future] = set()
     lock = threading.Lock()
@@ -420,7 +428,7 @@ def run_items(
         return True
 
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ffleet") as pool:
+        with ThreadPoolExecutor(max_workers=2 * workers, thread_name_prefix="ffleet") as pool:
             while len(in_flight) < 2 * workers and submit_next(pool):
                 pass
             while in_flight:

@@ -121,7 +121,10 @@ def test_start_function_starts_an_execution(built, moto_on_bridge, tmp_path):
     )["stateMachineArn"]
 
     out = _invoke(built, "StartFunction", event,
-                  {"AWS_ENDPOINT_URL": url, "STATE_MACHINE_ARN": machine, "RESULTS_BUCKET": results}, tmp_path)
+                  {"AWS_ENDPOINT_URL": url, "STATE_MACHINE_ARN": machine, "RESULTS_BUCKET": results,
+                   # the stack's own buckets: the start function refuses a request for any other
+                   "INPUT_BUCKET": request["input"]["s3_bucket"], "OUTPUT_BUCKET": request["output"]["s3_bucket"]},
+                  tmp_path)
     assert len(out["started"]) == 1 and not out["rejected"], out
     executions = sfn.list_executions(stateMachineArn=machine)["executions"]
     assert [e["executionArn"] for e in executions] == [out["started"][0]["execution_arn"]]

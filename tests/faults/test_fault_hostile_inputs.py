@@ -72,4 +72,4 @@ def test_an_output_made_of_playlist_bytes_is_not_stored(tmp_path):
         "processing": {"verify_duration": False, "tolerated_failure_percent": 100}})
     s = json.loads(run_cli("run", str(req), "--json", "--no-progress").stdout)
     assert s["files"]["succeeded"] == 0 and not (tmp_path / "out" / "evil.wav").exists(), s["files"]
-    assert s["failures"][0]["reason"] == "invalid_output" and "hls" in s["failures"][0]["detail"], s["failures"]
+    assert s["failures"][0]["reason"] == "invalid_output" and "read back" in s["failures"][0]["detail"], s["failures"]

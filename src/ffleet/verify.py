@@ -1,0 +1,178 @@
+"""Read a media file's streams and duration back: in-process with PyAV, or with ffprobe where PyAV is missing."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ffleet.ffmpeg import Binaries, ProcessRegistry, probe
+
+# Why in-process: ffprobe, a second process per file, cost 6.5 ms of CPU per output with the static
+# build and 74 ms with Debian's; PyAV reads the same in 0.4 ms (bench/verify_cost.py). Importing
+# it costs about 63 ms of CPU once per process, so it is imported on the first file, not at start.
+
+
+@dataclass
+class MediaInfo:
+    """What the worker checks in an output (or reads from an input its FFmpeg log said nothing about)."""
+
+    stream_types: list[str] = field(default_factory=list)  # "audio", "video", "subtitle", "data", "attachment"
+    duration: float | None = None  # the container's, else the first audio stream's
+    codec: str | None = None  # of the first audio stream, as ffprobe names codecs ("mp3", not the decoder "mp3float")
+    sample_rate: int | None = None
+    channels: int | None = None
+    format_name: str | None = None  # the demuxer libav chose (PyAV only)
+
+    @property
+    def has_audio(self) -> bool:
+        return "audio" in self.stream_types
+
+
+@dataclass
+class ReadBack:
+    info: MediaInfo | None  # None: the file does not open as media (within the whitelist)
+    cpu_seconds: float  # CPU the reading cost (this thread's, or ffprobe's)
+    reader: str  # "pyav" or "ffprobe"
+
+
+_av = None
+_av_lock = threading.Lock()
+
+
+def _pyav():
+    """The av module, imported on first use; None where it is missing or FFLEET_VERIFY=ffprobe."""
+    global _av
+    if os.environ.get("FFLEET_VERIFY") == "ffprobe":
+        return None
+    if _av is None:
+        with _av_lock:
+            if _av is None:
+                try:
+                    import av
+                except ImportError:
+                    av = False
+                _av = av
+    return _av or None
+
+
+def reader_name() -> str:
+    return "pyav" if _pyav() is not None else "ffprobe"
+
+
+def read_media(
+    path: Path, guard: list[str], binaries: Binaries, registry: ProcessRegistry | None = None,
+) -> ReadBack:
+    """Streams and duration of the local file at path, opened with the same protection as an input.
+
+    guard is the input guard (ffmpeg.input_guard): the file protocol alone and the whitelisted
+    demuxers. FFmpeg picks a demuxer from the content, not the name, so without it a file whose
+    bytes are an HLS or concat playlist would be read as the local files it lists.
+    """
+    av = _pyav()
+    if av is None:
+        return _read_with_ffprobe(path, guard, binaries, registry)
+    # No decoder runs in this process: libav would open one to fill in parameters the container
+    # leaves out (the sample format, mostly), on bytes a user's input may have chosen (-c copy).
+    # Refused, libav reports what the container and the parsers say: the same streams, rates,
+    # channels and duration (tests/test_verify.py), for no more CPU (bench/verify_cost.py).
+    options = {**_guard_options(guard), "codec_whitelist": _NO_DECODER}
+    started = time.thread_time()
+    info = None
+    if path.suffix.lower() in _PCM_SUFFIXES:
+        try:
+            info = _open(av, path, {**options, "probesize": str(_SMALL_PROBE)})
+        except av.FFmpegError:
+            pass
+        if info is not None and not _described_by_header(info):
+            info = None  # read it again as ffprobe would: a verdict against a file comes from the full read
+    if info is None:
+        try:
+            info = _open(av, path, options)
+        except av.FFmpegError:
+            info = None
+    return ReadBack(info, time.thread_time() - started, "pyav")
+
+
+# PCM in WAV, W64 or AIFF: the header gives the streams, the sample format and the data size, so
+# the duration. libav still reads up to `probesize` (5 MB) of samples before it answers: 10 ms of
+# CPU for a 10 s 48 kHz mono WAV, more than the rest of ffleet's work on the file. A 4 KiB probe
+# answers the same (bench/verify_cost.py checks it); an answer the checks would reject is
+# read again in full, so a failure is never the small probe's doing.
+_PCM_SUFFIXES = {".wav", ".w64", ".aif", ".aiff"}
+_NO_DECODER = "none"  # a codec_whitelist that names no codec
+_HEADER_FORMATS = {"wav", "w64", "aiff"}
+_SMALL_PROBE = 4096
+
+
+# As ffprobe's run was bounded: libav checks this between reads, so a file cannot hold a worker thread
+_OPEN_TIMEOUT_SECONDS = 60
+
+
+def _open(av, path: Path, options: dict[str, str]) -> MediaInfo:
+    with av.open(str(path), options=options, timeout=_OPEN_TIMEOUT_SECONDS) as container:
+        info = _from_container(container)
+        info.format_name = container.format.name
+    return info
+
+
+def _described_by_header(info: MediaInfo) -> bool:
+    return (info.format_name in _HEADER_FORMATS and info.stream_types == ["audio"] and bool(info.duration)
+            and info.duration > 0 and bool(info.codec and info.codec.startswith("pcm_") and info.sample_rate and info.channels))
+
+
+def _guard_options(guard: list[str]) -> dict[str, str]:
+    """['-protocol_whitelist', 'file', '-format_whitelist', 'wav,...'] -> the same as libav options.
+
+    Every pair of the guard goes to libav; without both whitelists this refuses to read at all."""
+    if len(guard) % 2 or not all(flag.startswith("-") for flag in guard[::2]):
+        raise ValueError(f"the input guard {guard!r} is not a list of -option value pairs")
+    options = {flag[1:]: value for flag, value in zip(guard[::2], guard[1::2])}
+    if not {"protocol_whitelist", "format_whitelist"} <= set(options):
+        raise ValueError(f"the input guard {guard!r} lacks protocol_whitelist or format_whitelist")
+    return options
+
+
+def _from_container(container) -> MediaInfo:
+    info = MediaInfo()
+    audio = None
+    for stream in container.streams:
+        info.stream_types.append(stream.type)
+        if audio is None and stream.type == "audio":
+            audio = stream
+    if container.duration is not None:  # AV_TIME_BASE (microseconds)
+        info.duration = container.duration / 1_000_000
+    if audio is not None:
+        if not info.duration and audio.duration is not None and audio.time_base:
+            info.duration = float(audio.duration * audio.time_base)
+        ctx = audio.codec_context
+        info.codec = ctx.codec.canonical_name if ctx.codec else None
+        info.sample_rate = ctx.sample_rate or None
+        info.channels = ctx.channels or None
+    return info
+
+
+def _read_with_ffprobe(path: Path, guard: list[str], binaries: Binaries, registry: ProcessRegistry | None) -> ReadBack:
+    # ffmpeg.probe reads with the input guard (untrusted=True: as a user's input), which holds the
+    # whitelists `guard` holds but for a user's own -f additions
+    data, run = probe(path, binaries, registry=registry, untrusted=True)
+    if not data:
+        return ReadBack(None, run.cpu_seconds, "ffprobe")
+    streams = data.get("streams") or []
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), {})
+    info = MediaInfo(
+        stream_types=[s.get("codec_type") for s in streams],
+        duration=_float((data.get("format") or {}).get("duration")) or _float(audio.get("duration")),
+        codec=audio.get("codec_name"),
+        sample_rate=int(audio["sample_rate"]) if audio.get("sample_rate") else None,
+        channels=audio.get("channels"),
+    )
+    return ReadBack(info, run.cpu_seconds, "ffprobe")
+
+
+def _float(v) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
