@@ -606,3 +606,29 @@ def test_a_run_that_has_already_ended_is_summarized_without_reading_its_records(
                              follow.Clients(sfn=stubbed.sfn, s3=stubbed.s3, cfn=object()), pace)
     assert code == 0 and capsys.readouterr().out.startswith("files      1 total: 1 succeeded")
     assert fake.waits == [] and pace.calls["ListObjectsV2"] == 0 and pace.calls["GetObject"] == 1  # summary.json
+
+
+def test_a_manifest_run_is_found_by_its_trigger_key(stubbed):
+    """A manifest's run is named after the request the stack picks: found by the key in its input."""
+    sm = "arn:aws:states:us-east-1:123456789012:stateMachine:ffleet-pipeline"
+    other, mine = ARN + "-other", ARN
+    key = "manifests/tonight/20261201T100000.000000Z.csv"
+    s = stubbed.stub
+
+    def execution(arn, trigger_key):
+        return {"executionArn": arn, "stateMachineArn": sm, "status": "RUNNING", "startDate": T0,
+                "input": json.dumps({"trigger": {"type": "s3-manifest", "bucket": "trigger", "key": trigger_key}})}
+
+    listed = {"executions": [{"executionArn": other, "stateMachineArn": sm, "name": "other", "status": "RUNNING",
+                              "startDate": T0}]}
+    s.add_response("list_executions", listed, {"stateMachineArn": sm, "maxResults": 20})
+    s.add_response("describe_execution", execution(other, "manifests/another.csv"), {"executionArn": other})
+    # the start Lambda has not started it yet; on the next poll it has
+    listed2 = {"executions": [{"executionArn": mine, "stateMachineArn": sm, "name": "mine", "status": "RUNNING",
+                               "startDate": T0}] + listed["executions"]}
+    s.add_response("list_executions", listed2, {"stateMachineArn": sm, "maxResults": 20})
+    s.add_response("describe_execution", execution(mine, key), {"executionArn": mine})  # `other` is not asked again
+    fake = FakeTime()
+    arn = run_watch.await_start_by_trigger(stubbed.sfn, stubbed.s3, state_machine_arn=sm, bucket="trigger", key=key,
+                                           pace=Pace(sleep=fake.sleep, clock=fake.clock))
+    assert arn == mine and fake.waits == [2.0]
