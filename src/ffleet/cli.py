@@ -4,44 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
 from ffleet import __version__
 from ffleet.request import RequestError, load_request
-
-EXIT_OK, EXIT_FAILURES, EXIT_INVALID = 0, 1, 2
-EXIT_SIGINT = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C ended
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null: its reader went away, and Python would raise again when it
-    flushes stdout at exit ("Exception ignored ... BrokenPipeError")."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
-# Control characters other than newline and tab, C1 included: a file name holding ESC sequences
-# would otherwise drive the operator's terminal (retitle it, rewrite lines, OSC 52 clipboard writes).
-_TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def terminal_safe(text: str, is_json: bool = False) -> str:
-    """text with control characters shown as \\xNN for a human, or as \\u00NN in JSON (the same
-    string to a JSON reader: json.dumps escapes C0 controls itself, but not C1 ones)."""
-    escape = "\\u{:04x}" if is_json else "\\x{:02x}"
-    return _TERMINAL_CONTROLS.sub(lambda m: escape.format(ord(m.group())), text)
-
-
-def _print(text: str) -> None:
-    """Print to stdout. A reader that stops early (`ffleet run job.json | head`) is not a failure of
-    the command: the rest of the text is dropped and the command's own exit code stands."""
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        _silence_stdout()
+from ffleet.results import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_SIGINT
+from ffleet.terminal import print_stdout as _print
+from ffleet.terminal import silence_stdout as _silence_stdout
+from ffleet.terminal import terminal_safe
 
 
 def _print_request_error(path: str, exc: RequestError) -> None:
@@ -240,7 +211,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="upload a job request or a manifest to a deployed stack's trigger bucket (starts a cloud run)")
     p.add_argument("request", help="path of the job request (JSON), or of a manifest (.csv, .jsonl, .ndjson) to run with the stack's DefaultRequest")
     p.add_argument("--stack", required=True, help="name of the deployed ffleet stack (sam deploy's stack_name)")
+    _follow_flags(p)
     p.set_defaults(func=cmd_submit)
+
+    def cmd_follow(args: argparse.Namespace) -> int:  # imported on use, as above
+        from ffleet import follow
+
+        return getattr(follow, f"cmd_{args.command}")(args)
+
+    stack_help = "the ffleet stack (default: $FFLEET_STACK); needed unless RUN is an execution ARN"
+    run_help = "execution name or ARN, or the request's key (s3://TRIGGER/jobs/....json or jobs/....json)"
+    p = sub.add_parser("status", help="state and progress of a cloud run (--wait: follow it to the end); --list: recent runs",
+                       description="Exit codes as `ffleet run` once the run has ended: 0 within tolerance, 1 not "
+                       "within tolerance, failed, timed out or aborted, 2 invalid request; 0 while it runs.")
+    p.add_argument("run", nargs="?", help=run_help)
+    p.add_argument("--stack", default=os.environ.get("FFLEET_STACK"), help=stack_help)
+    p.add_argument("--list", action="store_true", help="the stack's recent runs: name, state, files done/failed, started, duration")
+    p.add_argument("--limit", type=int, default=20, help="runs --list shows (default 20)")
+    _follow_flags(p)
+    p.set_defaults(func=cmd_follow)
+
+    p = sub.add_parser("cancel", help="stop a cloud run (StopExecution) and report what had finished")
+    p.add_argument("run", help=run_help)
+    p.add_argument("--stack", default=os.environ.get("FFLEET_STACK"), help=stack_help)
+    p.add_argument("--json", action="store_true", help="print the summary object as JSON on stdout")
+    p.set_defaults(func=cmd_follow)
+
+    p = sub.add_parser("redrive", help="submit a finished cloud run's failed-files.jsonl as a new request (same options)")
+    p.add_argument("run", help=run_help)
+    p.add_argument("--stack", default=os.environ.get("FFLEET_STACK"), help="the ffleet stack (default: $FFLEET_STACK)")
+    _follow_flags(p)
+    p.set_defaults(func=cmd_follow)
 
     def cmd_doctor(args: argparse.Namespace) -> int:  # imported on use, as above
         from ffleet.doctor import cmd_doctor as run_doctor
@@ -253,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
     p.set_defaults(func=cmd_doctor)
     return parser
+
+
+def _follow_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true", help="follow the run to its end (progress on stderr) and exit as `ffleet run` does")
+    p.add_argument("--json", action="store_true", help="print the summary object as JSON on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or lines on stderr")
 
 
 def main(argv: list[str] | None = None) -> int:

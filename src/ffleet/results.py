@@ -23,6 +23,11 @@ SUMMARY_FILE = "summary.json"
 FAILED_FILE = "failed-files.jsonl"
 REQUEST_FILE = "request.json"  # a cloud run's request, beside failed-files.jsonl: a re-drive reads its options
 
+# Exit codes of every command that ends a run (`ffleet run`, `ffleet submit --wait`, `ffleet status`):
+# 0 within tolerance; 1 failures over tolerance, or the run failed, timed out or was stopped; 2 invalid request.
+EXIT_OK, EXIT_FAILURES, EXIT_INVALID = 0, 1, 2
+EXIT_SIGINT = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C ended
+
 SUMMARY_FAILURE_LIST_LIMIT = 100  # the summary lists this many; failed-files.jsonl has them all
 
 

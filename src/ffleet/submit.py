@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ffleet.request import JobRequest
 from ffleet.manifest_trigger import DEFAULT_REQUEST_PARAMETER, MANIFESTS_PREFIX, Rejected, manifest_kind, write_run_keys
-from ffleet.trigger import REJECTED_SUFFIX, check_cloud_request
+from ffleet.trigger import REJECTED_SUFFIX, check_cloud_request, execution_name
 
 TRIGGER_OUTPUT = "TriggerBucketName"
 RESULTS_OUTPUT = "ResultsBucketName"
@@ -58,8 +58,11 @@ def submit(request: JobRequest, stack: str, *, cfn=None, s3=None, now: datetime 
     key = request_key(request, now)
     body = json.dumps(request.to_json_dict(), indent=2, ensure_ascii=False).encode("utf-8")
     s3 = s3 or boto3.client("s3")
-    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    put = s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    # the name the start Lambda gives this upload's execution (trigger.handle_s3_event)
+    identity = put.get("VersionId") or str(put.get("ETag", "")).strip('"')
     return {
+        "execution_name": execution_name(request.name, bucket, key, identity),
         "uri": f"s3://{bucket}/{key}",
         "rejected_uri": f"s3://{bucket}/{key}{REJECTED_SUFFIX}",
         "results_bucket": outputs.get(RESULTS_OUTPUT, ""),
@@ -121,7 +124,8 @@ def cmd_submit(args) -> int:
     """The `ffleet submit REQUEST --stack NAME` command."""
     import sys
 
-    from ffleet.cli import EXIT_INVALID, EXIT_OK, _print_request_error
+    from ffleet.cli import _print_request_error
+    from ffleet.results import EXIT_INVALID, EXIT_OK
     from ffleet.request import RequestError, load_request
 
     try:
@@ -141,6 +145,10 @@ def cmd_submit(args) -> int:
     print(f"submitted {args.request} as {sent['uri']}")
     if "keys" in sent:
         print(f"  {sent['keys']} keys, run with {sent['runs_with']}")
+    if getattr(args, "wait", False):
+        from ffleet.follow import follow_submitted  # the follower sits above submit; imported on use
+
+        return follow_submitted(sent, args)
     print(f"  if the stack rejects it, the reasons appear in {sent['rejected_uri']}")
     if sent["results_bucket"]:
         print(f"  results: s3://{sent['results_bucket']}/runs/<execution-name>/")
