@@ -197,3 +197,17 @@ def test_usable_cpus_follow_affinity_and_quota(tmp_path):
     assert usable_cpus(tmp_path) == 1
     (tmp_path / "cpu.max").write_text(f"{(cpus + 4) * 100000} 100000\n")
     assert usable_cpus(tmp_path) == cpus
+
+
+def test_the_thread_cap_follows_the_machine_that_will_run_ffmpeg(monkeypatch):
+    """The start Lambda validates for a Batch job with more CPUs than it has (FFLEET_TARGET_CPUS)."""
+    from ffleet import policy
+
+    monkeypatch.setattr("ffleet.cpus.usable_cpus", lambda *a, **kw: 2)
+    monkeypatch.delenv("FFLEET_TARGET_CPUS", raising=False)
+    with pytest.raises(policy.OptionPolicyError, match="capped at the 2 CPUs"):
+        policy.parse_options("-threads 8")
+    monkeypatch.setenv("FFLEET_TARGET_CPUS", "16")
+    assert policy.parse_options("-threads 8") == ["-threads", "8"]
+    with pytest.raises(policy.OptionPolicyError, match="capped at the 16 CPUs"):
+        policy.parse_options("-threads 17")

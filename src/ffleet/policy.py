@@ -1,6 +1,7 @@
 """FFmpeg option policy: only allowlisted flags pass, and only ffleet names inputs and outputs."""
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 
@@ -170,6 +171,14 @@ _WHITESPACE = " \n\t\r"
 
 
 def usable_cpus() -> int:
+    """The CPUs of the machine that will run FFmpeg: this one, unless FFLEET_TARGET_CPUS names them.
+
+    The start Lambda validates requests for Batch jobs with more CPUs than the Lambda has: it sets
+    FFLEET_TARGET_CPUS to the stack's job vCPUs (the worker checks the request again on its host).
+    """
+    target = os.environ.get("FFLEET_TARGET_CPUS", "")
+    if target.isdigit() and int(target) > 0:
+        return int(target)
     from ffleet.cpus import usable_cpus as count  # a leaf module: policy stays at the bottom of the imports
 
     return count()

@@ -705,3 +705,9 @@ def test_created_vpc_has_an_s3_gateway_endpoint_and_can_keep_workers_private(tem
             assert net["AssignPublicIp"] == {"Fn::If": ["PublicWorkers", "ENABLED", "DISABLED"]}, name
     conditions = template["Conditions"]
     assert conditions["PrivateWorkers"] == {"Fn::And": [{"Condition": "CreateVpc"}, {"Fn::Equals": [{"Ref": "WorkerSubnets"}, "PRIVATE"]}]}
+
+
+def test_the_start_function_validates_threads_for_the_batch_jobs_cpus(template):
+    """The policy caps -threads at FFLEET_TARGET_CPUS when set: the Lambda has fewer CPUs than a job."""
+    env = template["Resources"]["StartFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["FFLEET_TARGET_CPUS"] == {"Ref": "JobVcpus"}
