@@ -87,7 +87,8 @@ def test_names_allowed(name):
 
 @pytest.mark.parametrize("name", ["", "x" * 81, ".hidden", "_x", "a/b", "a b"])
 def test_names_refused(name):
-    assert list(problems({**BASE, "name": name})) == ["name"]
+    p = problems({**BASE, "name": name})
+    assert p == {"name": "use 1-80 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"}
 
 
 @pytest.mark.parametrize("ext,normalised", [("flac", ".flac"), (".m4a", ".m4a"), ("." + "a" * 16, "." + "a" * 16),
@@ -358,3 +359,10 @@ def test_json_error_message_names_the_source_and_the_parser_error(tmp_path):
 def test_each_quality_filter_alone_is_a_filter(name, value):
     q = parse_request(req("quality", **{name: value})).quality
     assert q.has_filters and q.measuring  # measure unset: on because a filter is set
+
+
+def test_local_inputs_to_a_bucket_and_bucket_inputs_to_a_folder(tmp_path):
+    r = parse_request({"name": "t", "input": {"path": str(tmp_path)}, "output": {"s3_bucket": "out"}})
+    assert r.results_location() == {"s3_bucket": "out", "s3_prefix": "ffleet-results/t/"}
+    r = parse_request({"name": "t", "input": {"s3_bucket": "in"}, "output": {"path": str(tmp_path / "out")}})
+    assert r.results_location() == {"path": str(tmp_path / "out.ffleet-results")}
