@@ -139,3 +139,94 @@ def test_each_forbidden_output_extension(ext):
 @pytest.mark.parametrize("key", ENCODER_PARAM_KEYS)
 def test_each_encoder_parameter_key(key):
     tables.test_each_encoder_parameter_key_passes(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Function survivors of scripts/mutation: each refusal names the offending token and the reason.
+
+def refusal(check, text: str) -> tuple[str, str]:
+    with pytest.raises(policy.OptionPolicyError) as exc:
+        check(text)
+    return exc.value.token, exc.value.reason
+
+
+@pytest.mark.parametrize("options,token,reason", [
+    ("'-c:a\x00' flac", "-c:a\x00", "control characters"),
+    ("'-c:a\nx' flac", "-c:a\nx", "control characters"),
+    ("--", "--", "a bare word"),
+    ("-protocol_whitelist file", "-protocol_whitelist", "protocol options are not allowed"),
+    ("-protocol_blacklist file", "-protocol_blacklist", "protocol options are not allowed"),
+    ("-ar 900000", "900000", "-ar: sample rates above"),
+    ("-ar x", "x", "-ar takes a plain whole number"),
+    ("-ac 65", "65", "-ac takes 1 to 64"),
+    ("-ac x", "x", "-ac takes a plain whole number"),
+    ("-ch_layout 65c", "65c", "-ch_layout: more than 64 channels"),
+    ("-s 9000x10", "9000x10", "-s: frames above 8192"),
+    ("-stream_loop 101", "101", "-stream_loop takes a loop count"),
+    ("-metadata file:x", "file:x", "metadata value names a protocol"),
+    ("-threads 999", "999", "-threads is capped at the 4 CPUs"),
+    ("-threads x", "x", "-threads takes a plain whole number"),
+    ("-x264-params qpfile=x", "qpfile", "-x264-params key is not in"),
+])
+def test_option_refusals_name_their_token_and_flag(options, token, reason, monkeypatch):
+    monkeypatch.setenv("FFLEET_TARGET_CPUS", "4")
+    got_token, got_reason = refusal(policy.parse_options, options)
+    assert got_token == token and got_reason.startswith(reason), (got_token, got_reason)
+
+
+@pytest.mark.parametrize("graph,token,reason", [
+    ("anull=foo://x", "foo://x", "filter arguments must not name a protocol"),
+    ("anull=mode=foo://x", "mode=foo://x", "filter arguments must not name a protocol"),
+    ("curves=somefile", "curves=somefile", "this filter has an option that names a file"),
+    ("sws_flags=bicubic", "sws_flags=bicubic", "sws_flags= must end with ';'"),
+    ("anull[a]X", "X", "cannot be read as a filter graph"),
+    ("[a", "[a", "a '[' link label is not closed"),
+    ("an ull", "an ull", "not a filter name"),
+    ("aresample=900000", "900000", "aresample=900000: sample rates above"),
+    ("aresample=sample_rate=900000", "900000", "aresample=sample_rate: sample rates above"),
+    ("pan=65c", "65c", "pan=65c: more than 64 channels"),
+    ("scale=9000:1", "scale=9000", "frames above 8192"),
+    ("scale=s=9000x10", "9000x10", "scale=s: frames above 8192"),
+    ("anull=/file=x", "anull=/file", "filter options read from a file"),
+    ("anull=file=x", "anull=file", "filter options that name a file"),
+])
+def test_filter_refusals_name_their_token_and_option(graph, token, reason):
+    got_token, got_reason = refusal(policy.check_filtergraph, graph)
+    assert got_token == token and got_reason.startswith(reason), (got_token, got_reason)
+
+
+def test_sws_flags_hide_nothing_after_their_first_semicolon():
+    # the scaler flags end at the first ';': a forbidden filter after it is still read
+    with pytest.raises(policy.OptionPolicyError, match="reads or writes files"):
+        policy.check_filtergraph("sws_flags=bicubic;amovie=x;anull")
+    policy.check_filtergraph("sws_flags=bicubic;anull;volume=0.5")
+
+
+def test_link_labels_may_hold_any_letter():
+    policy.check_filtergraph("[inX]anull[outX];[MIX]volume=0.5")
+
+
+def test_filter_names_as_ffmpeg_reads_them():
+    # doctor lists the filters a request uses: without instance names, labels or padding
+    assert list(policy.filter_names("[in]anull@a, volume@b@c=1[out];[x] aresample=8000")) == [
+        "anull", "volume", "aresample"]
+    assert list(policy.filter_names("")) == []
+
+
+@pytest.mark.parametrize("target,expected", [("1", 1), ("16", 16)])
+def test_target_cpus_name_the_machine(target, expected, monkeypatch):
+    monkeypatch.setenv("FFLEET_TARGET_CPUS", target)
+    assert policy.usable_cpus() == expected
+
+
+@pytest.mark.parametrize("target", ["0", "", "-2", "two"])
+def test_target_cpus_that_name_no_machine_are_ignored(target, monkeypatch):
+    from ffleet import cpus
+
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 3)
+    monkeypatch.setenv("FFLEET_TARGET_CPUS", target)
+    assert policy.usable_cpus() == 3
+
+
+def test_a_refused_extension_says_what_to_choose():
+    assert "choose a single-file format" in policy.refused_output_extension("a.m3u8")
