@@ -13,7 +13,6 @@ the extra CPU per start over `plain` is the sandbox's cost (the issue's target: 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys

@@ -14,19 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ffleet import audio_quality
-from ffleet.verify import MediaInfo, read_media  # noqa: I001 - placed here to keep merges with main small
-from ffleet.ffmpeg import (
-    Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, probe,
-    run_process,
-)
+from ffleet import audio_quality, sandbox
 from ffleet.cpus import cgroup_cpu_limit, usable_cpus  # noqa: F401 - cgroup_cpu_limit is re-exported
+from ffleet.ffmpeg import (
+    Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, run_process,
+)
 from ffleet.keys import OutputClaims, output_key
 from ffleet.policy import option_pairs, refused_output_extension
 from ffleet.request import JobRequest
-from ffleet import sandbox
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
 from ffleet.sandbox import HELPER_EXIT, Confinement, SandboxStatus
+from ffleet.verify import MediaInfo, read_media
 from ffleet.storage import InvalidKey, ListedObject, NotFound, Storage, StorageError, input_storage, output_storage
 
 # Messages FFmpeg prints when the input itself is unreadable (rather than the options being wrong).
