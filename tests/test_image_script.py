@@ -19,12 +19,16 @@ def test_shellcheck_image_test_script():
 
 
 def _as_non_root(env: dict[str, str]) -> subprocess.CompletedProcess:
-    argv = ["bash", str(SCRIPT)]
+    # The script comes on standard input, from '/': a non-root user may not be able to read the
+    # checkout itself (a clone in a `mktemp -d` folder is mode 0700). It decides to skip before it
+    # touches the repository.
+    argv = ["bash", "-s"]
     if os.geteuid() == 0:
         if not shutil.which("setpriv"):
             pytest.skip("setpriv (util-linux) is needed to run the script as a non-root user")
         argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
-    return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+    return subprocess.run(argv, input=SCRIPT.read_text(), cwd="/", capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=60)
 
 
 def test_skips_visibly_without_root_and_fails_when_required():
