@@ -51,6 +51,33 @@ def test_not_message_only(orig, mutant):
     assert not tool.is_message_only(orig, mutant)
 
 
+
+@pytest.mark.parametrize("orig,mutant", [
+    ('def f(db):\n    db.execute("SELECT 1 FROM item WHERE key = ? LIMIT 1", (k,))\n',
+     'def f(db):\n    db.execute("select 1 from item where key = ? limit 1", (k,))\n'),
+    ('def f(db):\n    db.executescript("PRAGMA journal_mode=OFF; CREATE TABLE t(a TEXT)")\n',
+     'def f(db):\n    db.executescript("PRAGMA JOURNAL_MODE=OFF; CREATE TABLE T(A TEXT)")\n'),
+    ('def f(db, rows):\n    return db.executemany("INSERT INTO item(key) VALUES (?)", rows).rowcount\n',
+     'def f(db, rows):\n    return db.executemany("insert into item(key) values (?)", rows).rowcount\n'),
+])
+def test_sql_case_only(orig, mutant):
+    assert tool.is_sql_case_only(orig, mutant) and tool.is_excluded(orig, mutant)
+
+
+@pytest.mark.parametrize("orig,mutant", [
+    # quoted SQL keeps its case: 'A' and 'a' are different values
+    ("def f(db):\n    db.execute(\"SELECT 1 FROM t WHERE k = 'A'\")\n",
+     "def f(db):\n    db.execute(\"select 1 from t where k = 'a'\")\n"),
+    ('def f(db):\n    db.execute(\'SELECT "Key" FROM t\')\n', 'def f(db):\n    db.execute(\'select "key" from t\')\n'),
+    # more than case, or case outside an execute call
+    ('def f(db):\n    db.execute("SELECT 1 FROM item")\n', 'def f(db):\n    db.execute("XXSELECT 1 FROM itemXX")\n'),
+    ('def f(db):\n    db.execute("SELECT 1 FROM item")\n', 'def f(db):\n    db.execute("SELECT 1 FROM items")\n'),
+    ('def f(k):\n    return k == "SELECT"\n', 'def f(k):\n    return k == "select"\n'),
+    ('def f(db):\n    db.execute("SELECT 1")\n', 'def f(db):\n    db.execute("SELECT 1")\n'),  # not a mutant at all
+])
+def test_not_sql_case_only(orig, mutant):
+    assert not tool.is_sql_case_only(orig, mutant) and not tool.is_excluded(orig, mutant)
+
 TABLES = '''import re
 from pydantic import BaseModel, Field
 from typing import Literal

@@ -20,7 +20,7 @@ def output_key(input_key: str, prefix: str = "", suffix: str = "", extension: st
         head, tail = posixpath.split(key)
         stem, dot, _ = tail.rpartition(".")
         tail = (stem if dot and stem else tail) + extension
-        key = posixpath.join(head, tail) if head else tail
+        key = posixpath.join(head, tail)  # head "" (a key at the top): join gives tail alone
     return f"{prefix}{key}{suffix}"
 
 
@@ -52,6 +52,7 @@ class OutputClaims:
         self.db = sqlite3.connect(str(folder / "output-claims.sqlite"), check_same_thread=False)
         self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                               "CREATE TABLE IF NOT EXISTS claim(output TEXT PRIMARY KEY, input TEXT)")
+        self._holding = False  # is_input knows nothing until hold_inputs has stored the inputs
 
     def hold_inputs(self, items: Iterable[ListedObject]) -> Iterator[ListedObject]:
         """Store every input of the run first, then yield them back in order, so that is_input
@@ -72,7 +73,7 @@ class OutputClaims:
 
     def is_input(self, key: str) -> bool:
         """Whether key is an input of the run (only known after hold_inputs)."""
-        return bool(getattr(self, "_holding", False)) and self.db.execute(
+        return self._holding and self.db.execute(
             "SELECT 1 FROM item WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
 
     def claim(self, output_key: str, input_key: str) -> str | None:
