@@ -70,9 +70,10 @@ def test_size_is_kept_when_an_integer():
 
 
 @pytest.mark.parametrize("data,line,what", [
-    (b'{"key": "a"}\n{"key": \n', 2, "not JSON"),
-    (b'{"key": "a"}\n\n{"key": ""}\n', 3, "no 'key' field"),
-    (b'{"key": 5}\n', 1, "no 'key' field"),
+    (b'{"key": "a"}\n{"key": \n', 2, "is not JSON"),
+    (b'{"key": "a"}\n\n{"key": ""}\n', 3, "needs a \"key\" field"),
+    (b'{"key": 5}\n', 1, 'needs a "key" field'),
+    (b'{"key": "a"}\n{"key": "b", "size": ' + b'9' * 5000 + b'}\n', 2, "holds a number too long"),
 ])
 def test_manifest_errors_name_the_source_and_line(data, line, what):
     with pytest.raises(ManifestError) as exc:
@@ -172,4 +173,4 @@ def test_read_manifest_errors_name_the_manifest(tmp_path):
     path.write_text('{"key": "a.wav"}\n{"nokey": 1}\n')
     with pytest.raises(ManifestError) as exc:
         list(read_manifest(str(path)))
-    assert str(exc.value).startswith(f"{path} line 2: no 'key' field")
+    assert str(exc.value).startswith(f'{path} line 2: needs a "key" field')

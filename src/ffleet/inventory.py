@@ -84,21 +84,44 @@ def looks_like_json_lines(first_line: str) -> bool:
     return first_line.lstrip().startswith("{")
 
 
-def _json_lines(lines: Iterable[str], source: str) -> Iterator[ListedObject]:
+class ManifestLineError(ValueError):
+    """One line of a JSON Lines manifest that names no usable key (line counts from 1)."""
+
+    def __init__(self, line: int, problem: str):
+        self.line, self.problem = line, problem
+        super().__init__(f"line {line} {problem}")
+
+
+def json_lines_rows(lines: Iterable[str]) -> Iterator[tuple[int, dict, str]]:
+    """(line, row, key) for each non-blank line of a JSON Lines manifest: the one set of rules for
+    `ffleet run` and for a manifest dropped into the trigger bucket. ManifestLineError names the line."""
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ManifestError(source, f"not JSON ({exc.msg})", n) from None
-        except (RecursionError, ValueError) as exc:
-            raise ManifestError(source, f"not a usable JSON object ({type(exc).__name__})", n) from None
+            raise ManifestLineError(n, f"is not JSON ({exc.msg}, column {exc.colno})") from None
+        except RecursionError:
+            raise ManifestLineError(n, "is JSON nested too deeply to be a manifest line") from None
+        except ValueError:  # an integer of more than 4,300 digits, which Python refuses to convert
+            raise ManifestLineError(n, "holds a number too long to read") from None
+        named = next((row[f] for f in KEY_FIELDS if f in row), None) if isinstance(row, dict) else None
+        if isinstance(named, str) and not _encodable(named):
+            raise ManifestLineError(n, "names a key that is not valid Unicode (a lone surrogate escape)")
         key = item_key(row)
         if key is None:
-            raise ManifestError(source, "no 'key' field holding a non-empty string of valid UTF-8", n)
-        size = row.get("size") if isinstance(row.get("size"), int) else None
-        yield ListedObject(key, size)
+            raise ManifestLineError(n, 'needs a "key" field holding a non-empty string, e.g. {"key": "media/a.wav"}')
+        yield n, row, key
+
+
+def _json_lines(lines: Iterable[str], source: str) -> Iterator[ListedObject]:
+    try:
+        for _, row, key in json_lines_rows(lines):
+            size = row.get("size")
+            yield ListedObject(key, size if isinstance(size, int) else None)
+    except ManifestLineError as exc:
+        raise ManifestError(source, exc.problem, exc.line) from None
 
 
 def csv_manifest_keys(lines: Iterable[str], source: str) -> Iterator[tuple[int, str]]:

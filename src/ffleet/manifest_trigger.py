@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _json_string  # a JSON string literal, non-ASCII kept
 from typing import IO, Any, Iterable, Iterator
 
-from ffleet.inventory import KEY_FIELDS, ManifestError, csv_manifest_keys, item_key, looks_like_json_lines
+from ffleet.inventory import (ManifestError, ManifestLineError, csv_manifest_keys, json_lines_rows,
+                             looks_like_json_lines)
 from ffleet.joblimits import StackLimits
 from ffleet.request import MAX_REQUEST_BYTES, JobRequest, RequestError, parse_request
 from ffleet.results import REQUEST_FILE
@@ -109,26 +110,12 @@ def csv_keys(lines: Iterable[str], source: str) -> Iterator[tuple[int, str, str 
 
 def jsonl_keys(lines: Iterable[str], source: str) -> Iterator[tuple[int, str, str | None]]:
     """(line, key, run) for each line of a JSON Lines manifest; run is set on failed-files.jsonl lines."""
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise _line_problem(source, n, f"is not JSON ({exc.msg}, column {exc.colno})") from None
-        except RecursionError:
-            raise _line_problem(source, n, "is JSON nested too deeply to be a manifest line") from None
-        named = next((row[f] for f in KEY_FIELDS if f in row), None) if isinstance(row, dict) else None
-        if isinstance(named, str):
-            try:
-                named.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate escape, "\ud800": no S3 key can hold it
-                raise _line_problem(source, n, "names a key that is not valid Unicode (a lone surrogate escape)") from None
-        key = item_key(row)
-        if key is None:
-            raise _line_problem(source, n, 'needs a "key" field holding a non-empty string, e.g. {"key": "media/a.wav"}')
-        run = row.get(RUN_FIELD)
-        yield n, key, run if isinstance(run, str) else None
+    try:
+        for n, row, key in json_lines_rows(lines):
+            run = row.get(RUN_FIELD)
+            yield n, key, run if isinstance(run, str) else None
+    except ManifestLineError as exc:
+        raise _line_problem(source, exc.line, exc.problem) from None
 
 
 def _line_problem(source: str, line: int, message: str) -> Rejected:

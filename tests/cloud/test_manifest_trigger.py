@@ -248,6 +248,7 @@ def test_an_invalid_default_request_is_named_in_the_rejection(stack, default, fi
     ("manifests/bad.jsonl", b'{"key": "in/a.wav"}\n{"key": \n', "line 2", ["not JSON"]),
     ("manifests/nokey.ndjson", b'{"path": "in/a.wav"}\n', "line 1", ['"key"']),
     ("manifests/deep.jsonl", b"[" * 100_000 + b"\n", "line 1", ["nested too deeply"]),
+    ("manifests/digits.jsonl", b'{"key": "in/a.wav", "size": ' + b"9" * 5000 + b"}\n", "line 1", ["number too long"]),
     ("manifests/long.csv", b"x" * 1025 + b"\n", "line 1", ["1024 bytes"]),
     ("jobs/req.yaml", b"name: x\n", "(file)", ["not a request", ".json"]),
     ("jobs/list.csv", b"in/a.wav\n", "(file)", ["not a request", "manifests/"]),
