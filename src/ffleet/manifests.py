@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
 from ffleet.results import SUCCEEDED, ItemResult
-from ffleet.storage import NotFound, Storage
+from ffleet.storage import LocalStorage, NotFound, Storage
 
 FORMATS = ("nemo", "audiofolder", "lhotse")
 MANIFESTS_DIR = "manifests/"  # under the run's results prefix or folder
@@ -91,7 +91,9 @@ class ManifestWriter:
         if "audiofolder" in self.formats:
             self._files["audiofolder"] = open(self.folder / AUDIOFOLDER_RUN_FILE, "w", encoding="utf-8")
             # which file names (and segment folders) this run wrote, for the merge with the output root's file
-            self._written = sqlite3.connect(str(self.folder / "audiofolder-written.sqlite"))
+            db = self.folder / "audiofolder-written.sqlite"
+            db.unlink(missing_ok=True)  # the folder is this writer's own; a file left there is an earlier writer's
+            self._written = sqlite3.connect(str(db))
             self._written.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                                         "CREATE TABLE name(n TEXT PRIMARY KEY); CREATE TABLE folder(f TEXT PRIMARY KEY)")
         if "lhotse" in self.formats:
@@ -240,8 +242,7 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 def local_locator(storage: Storage) -> Callable[[str], str]:
     """Output key -> absolute path for a folder, s3:// URI for a bucket."""
-    root = getattr(storage, "root", None)
-    if root is not None:
-        base = Path(root).resolve()
+    if isinstance(storage, LocalStorage):
+        base = storage.root.resolve()
         return lambda key: str(base / key)
     return storage.uri
