@@ -227,3 +227,75 @@ def test_lhotse_loads_the_manifests(manifest_run):
     rec = recordings[0]
     audio = rec.load_audio()  # reads the FLAC through Lhotse's own backends
     assert audio.shape[0] == 1 and abs(audio.shape[1] - rec.num_samples) <= rec.sampling_rate * 0.05
+
+
+# --- the summarizer, in the cloud ----------------------------------------------------------------
+
+def test_summarizer_writes_the_manifests_under_the_run_and_metadata_at_the_output_root():
+    """The summarize Lambda's logic against moto S3: manifests under <results_prefix>manifests/, the
+    audiofolder metadata.jsonl at the output root (merged with an earlier run's), s3:// URIs for NeMo."""
+    import boto3
+    from moto import mock_aws
+
+    from conftest import EVENTS
+    from ffleet.summarize import parse_event, summarize_event
+    from test_summarize import RunFixture
+
+    event = json.loads((EVENTS / "summarize.json").read_text())
+    event["request"]["results"] = {"manifests": ["nemo", "audiofolder", "lhotse"]}
+    bucket = event["map_result"]["ResultWriterDetails"]["Bucket"]
+    prefix = event["results_prefix"].split(bucket + "/", 1)[1]
+    out_bucket, out_prefix = event["request"]["output"]["s3_bucket"], event["request"]["output"]["s3_prefix"]
+    records = [
+        json.loads(_plain("m/1.wav", out_prefix + "m/1.flac", 3.0, lufs=-20.0).to_json()),
+        json.loads(_plain("m/2.wav", out_prefix + "m/2.flac", status=REJECTED).to_json()),
+        json.loads(_segmented("m/3.wav", out_prefix + "m/3", [(0, 2.0), (2.0, 5.0)]).to_json()),
+    ]
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        for b in (bucket, out_bucket):
+            s3.create_bucket(Bucket=b)
+        earlier = json.dumps({"file_name": "old/0.flac", "duration": 1.0}) + "\n"
+        s3.put_object(Bucket=out_bucket, Key=out_prefix + AUDIOFOLDER_FILE, Body=earlier.encode())
+        run = RunFixture(lambda k, d: s3.put_object(Bucket=bucket, Key=k, Body=d), bucket=bucket, prefix=prefix,
+                         map_run=event["map_result"]["ResultWriterDetails"]["Key"].split("/")[-2])
+        run.batch("b1", ["m/1.wav", "m/2.wav", "m/3.wav"], records=records).finish()
+        summary = summarize_event(parse_event(event), s3).summary
+
+        def lines(b: str, key: str) -> list[dict]:
+            body = s3.get_object(Bucket=b, Key=key)["Body"].read()
+            return [json.loads(x) for x in (gzip.decompress(body) if key.endswith(".gz") else body).decode().splitlines()]
+
+        at = prefix + MANIFESTS_DIR
+        nemo = lines(bucket, at + NEMO_FILE)
+        metadata = lines(out_bucket, out_prefix + AUDIOFOLDER_FILE)
+        run_rows = lines(bucket, at + AUDIOFOLDER_RUN_FILE)
+        recordings, supervisions = lines(bucket, at + LHOTSE_RECORDINGS), lines(bucket, at + LHOTSE_SUPERVISIONS)
+        written = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "summary.json")["Body"].read())
+    assert [r["audio_filepath"] for r in nemo] == [f"s3://{out_bucket}/{out_prefix}m/1.flac",
+                                                   f"s3://{out_bucket}/{out_prefix}m/3/00000.flac",
+                                                   f"s3://{out_bucket}/{out_prefix}m/3/00001.flac"]
+    assert [r["file_name"] for r in metadata] == ["old/0.flac", "m/1.flac", "m/3/00000.flac", "m/3/00001.flac"]
+    assert run_rows == metadata[1:]
+    assert len(recordings) == len(supervisions) == 3 and recordings[0]["sources"][0]["type"] == "url"
+    assert {k: v["rows"] for k, v in summary["manifests"].items()} == {"nemo": 3, "audiofolder": 3, "lhotse": 3}
+    assert written["manifests"] == summary["manifests"]
+    assert summary["manifests"]["audiofolder"]["files"][0] == f"s3://{out_bucket}/{out_prefix}{AUDIOFOLDER_FILE}"
+
+
+def test_summarizer_without_manifests_writes_none():
+    import boto3
+    from moto import mock_aws
+
+    from conftest import EVENTS
+    from ffleet.summarize import parse_event, summarize_event
+
+    event = json.loads((EVENTS / "summarize.json").read_text())
+    bucket = event["map_result"]["ResultWriterDetails"]["Bucket"]
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=bucket)
+        event["map_result"] = None
+        summary = summarize_event(parse_event(event), s3).summary
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert "manifests" not in summary and not any("/manifests/" in k for k in keys)
