@@ -299,3 +299,28 @@ def test_summarizer_without_manifests_writes_none():
         summary = summarize_event(parse_event(event), s3).summary
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert "manifests" not in summary and not any("/manifests/" in k for k in keys)
+
+
+# --- the setting survives the cloud's rewrites of the request ----------------------------------
+
+def test_cloud_runs_redrives_and_manifest_runs_keep_the_manifests_setting():
+    """The start Lambda replaces `results` with the stack's location; a re-drive and a run started from a
+    manifest drop the request's `results`. The formats must survive all three (a re-drive's rows are
+    what join the first run's metadata.jsonl)."""
+    from ffleet.follow import redrive_request
+    from ffleet.manifest_trigger import manifest_request
+    from ffleet.trigger import execution_input
+
+    data = {"name": "t", "input": {"s3_bucket": "in", "s3_prefix": "a/"}, "output": {"s3_bucket": "out", "s3_prefix": "o/"},
+            "results": {"manifests": ["audiofolder", "nemo"]}}
+    normalised = execution_input(parse_request(data), "t-1", "res", {"type": "jobs"})["request"]
+    assert normalised["results"]["manifests"] == ["nemo", "audiofolder"]
+    assert (normalised["results"]["s3_bucket"], normalised["results"]["s3_prefix"]) == ("res", "runs/t-1/")
+    redrive = redrive_request(normalised, "s3://res/runs/t-1/failed-files.jsonl")
+    assert redrive["results"] == {"manifests": ["nemo", "audiofolder"]}
+    assert parse_request(redrive).manifest_formats == ["nemo", "audiofolder"]
+    started = manifest_request(normalised, "in", "s3://res/manifests/x.csv")
+    assert started.manifest_formats == ["nemo", "audiofolder"] and started.results.s3_bucket is None
+    plain = {k: v for k, v in data.items() if k != "results"}
+    assert execution_input(parse_request(plain), "t-1", "res", {"type": "jobs"})["request"]["results"]["manifests"] is None
+    assert "results" not in redrive_request({**plain, "results": {"s3_bucket": "res"}}, "s3://res/x.jsonl")
