@@ -324,3 +324,42 @@ def test_cloud_runs_redrives_and_manifest_runs_keep_the_manifests_setting():
     plain = {k: v for k, v in data.items() if k != "results"}
     assert execution_input(parse_request(plain), "t-1", "res", {"type": "jobs"})["request"]["results"]["manifests"] is None
     assert "results" not in redrive_request({**plain, "results": {"s3_bucket": "res"}}, "s3://res/x.jsonl")
+
+
+def test_the_cli_summary_says_where_the_manifests_are():
+    from ffleet.results import SummaryBuilder, format_summary
+
+    summary = SummaryBuilder().summary(wall_seconds=1.0)
+    assert "manifests" not in format_summary(summary)
+    summary["manifests"] = {"nemo": {"rows": 5, "files": ["/r/manifests/nemo.jsonl"]},
+                            "audiofolder": {"rows": 5, "files": ["/out/metadata.jsonl", "/r/manifests/x.jsonl"]}}
+    assert "manifests  nemo 5 rows, audiofolder 5 rows (metadata.jsonl: /out/metadata.jsonl)" in format_summary(summary)
+
+
+def _peak_bytes(tmp_path: Path, n: int) -> int:
+    """Peak Python allocations while n records (a third of them segmented) go through every manifest,
+    and the output root's metadata.jsonl already holds n rows of an earlier run."""
+    import tracemalloc
+
+    folder = tmp_path / str(n)
+    outputs = LocalStorage(folder / "out")
+    (folder / "out").mkdir(parents=True)
+    with open(folder / "out" / AUDIOFOLDER_FILE, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"file_name": f"old/{i}.flac", "duration": 1.0}) + "\n")
+    records = (_segmented(f"s/{i}.wav", f"s/{i}", [(0, 3.0), (3.0, 5.0)]) if i % 3 == 0
+               else _plain(f"p/{i}.wav", f"p/{i}.flac", lufs=-20.0) for i in range(n))
+    tracemalloc.start()
+    writer = ManifestWriter(("nemo", "audiofolder", "lhotse"), folder / "work", "", local_locator(outputs))
+    writer.add_all(records).publish(LocalStorage(folder / "results"), "", outputs)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert writer.rows["nemo"] == n + (n + 2) // 3 and writer.kept_from_before == n
+    return peak
+
+
+def test_manifests_are_written_in_bounded_memory(tmp_path):
+    small, large = _peak_bytes(tmp_path, 1_000), _peak_bytes(tmp_path, 10_000)
+    # ten times the records (and the earlier rows to merge) must not take ten times the memory
+    assert large < 1.5 * small, (small, large)
+    print(f"peak Python allocations: {small / 1e6:.2f} MB for 1,000 records, {large / 1e6:.2f} MB for 10,000")

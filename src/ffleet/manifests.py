@@ -4,13 +4,14 @@ from __future__ import annotations
 import gzip
 import json
 import posixpath
+import shutil
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
 from ffleet.results import SUCCEEDED, ItemResult
-from ffleet.storage import LocalStorage, NotFound, Storage
+from ffleet.storage import CHUNK, LocalStorage, NotFound, Storage
 
 FORMATS = ("nemo", "audiofolder", "lhotse")
 MANIFESTS_DIR = "manifests/"  # under the run's results prefix or folder
@@ -214,8 +215,7 @@ class ManifestWriter:
             except NotFound:
                 pass
             with open(self.folder / AUDIOFOLDER_RUN_FILE, "rb") as src:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
+                shutil.copyfileobj(src, dst, CHUNK)
         self.kept_from_before = kept
         return merged
 
@@ -243,6 +243,7 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 def local_locator(storage: Storage) -> Callable[[str], str]:
     """Output key -> absolute path for a folder, s3:// URI for a bucket."""
     if isinstance(storage, LocalStorage):
-        base = storage.root.resolve()
-        return lambda key: str(base / key)
+        # joined as strings: pathlib interns every part of every path, and a run has millions of them
+        base = str(storage.root.resolve()).rstrip("/") + "/"
+        return lambda key: base + key
     return storage.uri
