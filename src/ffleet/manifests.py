@@ -71,8 +71,12 @@ def output_root(output_prefix: str) -> str:
     return output_prefix[: output_prefix.rfind("/") + 1]
 
 
+# one encoder for every row: json.dumps with any option builds a new one per call
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def _line(row: dict[str, Any]) -> str:
-    return json.dumps(row, ensure_ascii=False) + "\n"
+    return _ENCODE(row) + "\n"
 
 
 class ManifestWriter:
@@ -95,6 +99,8 @@ class ManifestWriter:
             db = self.folder / "audiofolder-written.sqlite"
             db.unlink(missing_ok=True)  # the folder is this writer's own; a file left there is an earlier writer's
             self._written = sqlite3.connect(str(db))
+            self._names: list[tuple[str]] = []
+            self._folders: list[tuple[str]] = []
             self._written.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                                         "CREATE TABLE name(n TEXT PRIMARY KEY); CREATE TABLE folder(f TEXT PRIMARY KEY)")
         if "lhotse" in self.formats:
@@ -106,21 +112,31 @@ class ManifestWriter:
         if not self.formats:
             return
         for clip in clips(r):
+            described = self.described(clip)  # shared by every row of this clip: only read, never changed
             if "nemo" in self._files:
-                self._files["nemo"].write(_line(self.nemo_row(clip)))
+                self._files["nemo"].write(_line(self.nemo_row(clip, described)))
                 self.rows["nemo"] += 1
             if "audiofolder" in self._files:
                 name = self.file_name(clip)
-                self._files["audiofolder"].write(_line(self.audiofolder_row(clip, name)))
-                self._written.execute("INSERT OR IGNORE INTO name VALUES (?)", (name,))
+                self._files["audiofolder"].write(_line(self.audiofolder_row(clip, name, described)))
+                self._names.append((name,))
                 if clip.segment is not None:
-                    self._written.execute("INSERT OR IGNORE INTO folder VALUES (?)", (posixpath.dirname(name),))
+                    self._folders.append((posixpath.dirname(name),))
+                if len(self._names) >= 1000:
+                    self._flush_names()
                 self.rows["audiofolder"] += 1
             if "recordings" in self._files and clip.sample_rate:
-                recording, supervision = self.lhotse_rows(clip)
+                recording, supervision = self.lhotse_rows(clip, described)
                 self._files["recordings"].write(_line(recording))
                 self._files["supervisions"].write(_line(supervision))
                 self.rows["lhotse"] += 1
+
+    def _flush_names(self) -> None:
+        # in batches: one executemany of 1,000 names costs what a few single INSERTs do
+        with self._written:
+            self._written.executemany("INSERT OR IGNORE INTO name VALUES (?)", self._names)
+            self._written.executemany("INSERT OR IGNORE INTO folder VALUES (?)", self._folders)
+        self._names, self._folders = [], []
 
     def add_all(self, records: Iterable[ItemResult]) -> "ManifestWriter":
         for r in records:
@@ -131,24 +147,26 @@ class ManifestWriter:
     def file_name(self, clip: Clip) -> str:
         return clip.key[len(self.root):] if clip.key.startswith(self.root) else clip.key
 
-    def _source(self, clip: Clip) -> dict[str, Any]:
-        src: dict[str, Any] = {"source_key": clip.source_key}
+    def described(self, clip: Clip) -> dict[str, Any]:
+        """What every format carries beyond its own fields: the measurements, and where the clip came from."""
+        out = clip.measured()
+        out["source_key"] = clip.source_key
         if clip.segment is not None:
-            src.update(segment=clip.segment, source_start=clip.start, source_end=clip.end)
-        return src
+            out.update(segment=clip.segment, source_start=clip.start, source_end=clip.end)
+        return out
 
-    def nemo_row(self, clip: Clip) -> dict[str, Any]:
+    def nemo_row(self, clip: Clip, described: dict[str, Any] | None = None) -> dict[str, Any]:
         # A segment is its own cut file, so no `offset`: NeMo reads the file from its start.
         row = {"audio_filepath": self.locate(clip.key), "duration": round(clip.duration, 6)}
         row.update({k: v for k, v in (("sample_rate", clip.sample_rate), ("channels", clip.channels)) if v is not None})
-        return {**row, **clip.measured(), **self._source(clip)}
+        return {**row, **(described if described is not None else self.described(clip))}
 
-    def audiofolder_row(self, clip: Clip, name: str) -> dict[str, Any]:
+    def audiofolder_row(self, clip: Clip, name: str, described: dict[str, Any] | None = None) -> dict[str, Any]:
         row = {"file_name": name, "duration": round(clip.duration, 6),
                "sample_rate": clip.sample_rate, "channels": clip.channels}
-        return {**row, **clip.measured(), **self._source(clip)}
+        return {**row, **(described if described is not None else self.described(clip))}
 
-    def lhotse_rows(self, clip: Clip) -> tuple[dict[str, Any], dict[str, Any]]:
+    def lhotse_rows(self, clip: Clip, described: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """A Recording and a SupervisionSegment covering it, as Lhotse's to_dict() writes them."""
         rid = self.file_name(clip)
         sr = int(clip.sample_rate or 0)
@@ -167,7 +185,7 @@ class ManifestWriter:
         supervision = {
             "id": rid, "recording_id": rid, "start": 0.0, "duration": num_samples / sr,
             "channel": channels[0] if len(channels) == 1 else channels,
-            "custom": {**clip.measured(), **self._source(clip)},
+            "custom": described if described is not None else self.described(clip),
         }
         return recording, supervision
 
@@ -204,6 +222,7 @@ class ManifestWriter:
         """The output root's metadata.jsonl: an earlier run's rows (a re-drive, or a re-run that skipped
         what exists) stay, except those this run wrote again (the same file, or a segment folder it
         rebuilt); then this run's rows. Streamed: neither file is held in memory."""
+        self._flush_names()
         merged = self.folder / ("merged-" + AUDIOFOLDER_FILE)
         kept = 0
         with open(merged, "wb") as dst:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ffleet.inventory import item_key, wanted
 from ffleet.keys import OutputClaims
 from ffleet.manifests import FORMATS as MANIFEST_FORMATS
-from ffleet.manifests import ManifestWriter
+from ffleet.manifests import ManifestWriter, local_locator
 from ffleet.report import REPORT_FILE, render_html
 from ffleet.request import RequestError, parse_request
 from ffleet.results import (
@@ -568,7 +568,7 @@ def summarize_cloud(
     with tempfile.TemporaryDirectory(prefix="ffleet-summarize-") as tmp:
         writer = None
         if manifests and write and outputs is not None:
-            writer = ManifestWriter(manifests, Path(tmp) / "manifests", output_prefix, outputs.uri)
+            writer = ManifestWriter(manifests, Path(tmp) / "manifests", output_prefix, local_locator(outputs))
         agg = _Aggregation(Path(tmp) / FAILED_FILE, execution_name or _run_of(prefix), writer)
         ledger = _Ledger(tmp)
         claims = OutputClaims(Path(tmp)) if outputs_may_collide else None
