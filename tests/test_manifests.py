@@ -231,9 +231,10 @@ def test_lhotse_loads_the_manifests(manifest_run):
 
 # --- the summarizer, in the cloud ----------------------------------------------------------------
 
-def test_summarizer_writes_the_manifests_under_the_run_and_metadata_at_the_output_root():
+@pytest.mark.parametrize("earlier_run", [True, False])
+def test_summarizer_writes_the_manifests_under_the_run_and_metadata_at_the_output_root(earlier_run):
     """The summarize Lambda's logic against moto S3: manifests under <results_prefix>manifests/, the
-    audiofolder metadata.jsonl at the output root (merged with an earlier run's), s3:// URIs for NeMo."""
+    audiofolder metadata.jsonl at the output root (merged with an earlier run's, if any), s3:// URIs for NeMo."""
     import boto3
     from moto import mock_aws
 
@@ -255,8 +256,9 @@ def test_summarizer_writes_the_manifests_under_the_run_and_metadata_at_the_outpu
         s3 = boto3.client("s3", region_name="us-east-1")
         for b in (bucket, out_bucket):
             s3.create_bucket(Bucket=b)
-        earlier = json.dumps({"file_name": "old/0.flac", "duration": 1.0}) + "\n"
-        s3.put_object(Bucket=out_bucket, Key=out_prefix + AUDIOFOLDER_FILE, Body=earlier.encode())
+        if earlier_run:
+            earlier = json.dumps({"file_name": "old/0.flac", "duration": 1.0}) + "\n"
+            s3.put_object(Bucket=out_bucket, Key=out_prefix + AUDIOFOLDER_FILE, Body=earlier.encode())
         run = RunFixture(lambda k, d: s3.put_object(Bucket=bucket, Key=k, Body=d), bucket=bucket, prefix=prefix,
                          map_run=event["map_result"]["ResultWriterDetails"]["Key"].split("/")[-2])
         run.batch("b1", ["m/1.wav", "m/2.wav", "m/3.wav"], records=records).finish()
@@ -275,8 +277,8 @@ def test_summarizer_writes_the_manifests_under_the_run_and_metadata_at_the_outpu
     assert [r["audio_filepath"] for r in nemo] == [f"s3://{out_bucket}/{out_prefix}m/1.flac",
                                                    f"s3://{out_bucket}/{out_prefix}m/3/00000.flac",
                                                    f"s3://{out_bucket}/{out_prefix}m/3/00001.flac"]
-    assert [r["file_name"] for r in metadata] == ["old/0.flac", "m/1.flac", "m/3/00000.flac", "m/3/00001.flac"]
-    assert run_rows == metadata[1:]
+    assert [r["file_name"] for r in metadata] == ["old/0.flac"] * earlier_run + ["m/1.flac", "m/3/00000.flac", "m/3/00001.flac"]
+    assert run_rows == metadata[earlier_run:]
     assert len(recordings) == len(supervisions) == 3 and recordings[0]["sources"][0]["type"] == "url"
     assert {k: v["rows"] for k, v in summary["manifests"].items()} == {"nemo": 3, "audiofolder": 3, "lhotse": 3}
     assert written["manifests"] == summary["manifests"]
