@@ -285,6 +285,26 @@ def test_summarizer_writes_the_manifests_under_the_run_and_metadata_at_the_outpu
     assert summary["manifests"]["audiofolder"]["files"][0] == f"s3://{out_bucket}/{out_prefix}{AUDIOFOLDER_FILE}"
 
 
+def test_summarizer_that_cannot_write_the_manifests_still_writes_the_summary():
+    import boto3
+    from moto import mock_aws
+
+    from conftest import EVENTS
+    from ffleet.summarize import parse_event, summarize_event
+
+    event = json.loads((EVENTS / "summarize.json").read_text())
+    event["request"]["results"] = {"manifests": ["audiofolder"]}
+    event["map_result"] = None
+    bucket = event["results_prefix"].split("/")[2]
+    prefix = event["results_prefix"].split(bucket + "/", 1)[1]
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=bucket)  # and no output bucket: its metadata.jsonl cannot be written
+        summary = summarize_event(parse_event(event), s3).summary
+        written = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "summary.json")["Body"].read())
+    assert "my-output-bucket" in summary["manifests"]["error"] and written["manifests"] == summary["manifests"]
+
+
 def test_summarizer_without_manifests_writes_none():
     import boto3
     from moto import mock_aws

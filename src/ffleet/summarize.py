@@ -653,7 +653,11 @@ def summarize_cloud(
             summary["within_tolerance"] = False  # files the map never reached are counted nowhere
         out = RunSummary(summary)
         if write and writer is not None:
-            summary["manifests"] = writer.publish(store, prefix, outputs)
+            try:
+                summary["manifests"] = writer.publish(store, prefix, outputs)
+            except StorageError as exc:
+                # the summary must still be written: it is what tells the run's outcome
+                summary["manifests"] = {"error": str(exc)}
         if write:
             store.write_bytes(prefix + SUMMARY_FILE, summary_text(summary).encode("utf-8"), content_type="application/json")
             store.store(Path(tmp) / FAILED_FILE, prefix + FAILED_FILE, content_type="application/x-ndjson")
