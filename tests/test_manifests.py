@@ -385,3 +385,28 @@ def test_manifests_are_written_in_bounded_memory(tmp_path):
     # ten times the records (and the earlier rows to merge) must not take ten times the memory
     assert large < 1.5 * small, (small, large)
     print(f"peak Python allocations: {small / 1e6:.2f} MB for 1,000 records, {large / 1e6:.2f} MB for 10,000")
+
+
+def test_local_run_to_a_bucket_names_outputs_by_uri_and_writes_metadata_there(tmp_path, s3_endpoint, tone_cache):
+    """`ffleet run` with S3 outputs (and results in the output bucket): the manifests go up with the
+    results, metadata.jsonl to the output root in the bucket, and paths are s3:// URIs."""
+    s3 = s3_endpoint
+    for b in ("media-in", "media-out"):
+        s3.create_bucket(Bucket=b)
+    for k in ("a/one.wav", "a/two words.wav"):
+        s3.upload_file(str(tone_cache(".wav", 1.5)), "media-in", k)
+    req = write_json(tmp_path / "job.json", {
+        "name": "s3-manifests", "input": {"s3_bucket": "media-in", "s3_prefix": "a/"},
+        "output": {"s3_bucket": "media-out", "s3_prefix": "out/16k-", "extension": ".flac", "file_options": "-ac 1 -ar 16000"},
+        "results": {"manifests": ["nemo", "audiofolder"]}})
+    p = run_cli("run", str(req), "--json", "--no-progress")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    metadata = s3.get_object(Bucket="media-out", Key="out/metadata.jsonl")["Body"].read().decode().splitlines()
+    assert sorted(json.loads(line)["file_name"] for line in metadata) == ["16k-a/one.flac", "16k-a/two words.flac"]
+    nemo_uri = summary["manifests"]["nemo"]["files"][0]
+    assert nemo_uri.startswith("s3://media-out/ffleet-results/s3-manifests/") and nemo_uri.endswith("/manifests/nemo.jsonl")
+    body = s3.get_object(Bucket="media-out", Key=nemo_uri.split("/", 3)[3])["Body"].read().decode()
+    nemo = {row["source_key"]: row for row in map(json.loads, body.splitlines())}
+    assert nemo["a/two words.wav"]["audio_filepath"] == "s3://media-out/out/16k-a/two words.flac"
+    assert 1.4 < nemo["a/two words.wav"]["duration"] < 1.6 and nemo["a/two words.wav"]["sample_rate"] == 16000
