@@ -410,3 +410,22 @@ def test_local_run_to_a_bucket_names_outputs_by_uri_and_writes_metadata_there(tm
     nemo = {row["source_key"]: row for row in map(json.loads, body.splitlines())}
     assert nemo["a/two words.wav"]["audio_filepath"] == "s3://media-out/out/16k-a/two words.flac"
     assert 1.4 < nemo["a/two words.wav"]["duration"] < 1.6 and nemo["a/two words.wav"]["sample_rate"] == 16000
+
+
+def test_summarize_write_of_a_cloud_run_writes_its_manifests_again(s3_endpoint):
+    """`ffleet summarize s3://…/runs/X/ --write` (after a summarizer that failed or timed out) reads the
+    run's request.json and writes the manifests it asked for."""
+    from ffleet.summarize import summarize_location
+    from test_summarize import RunFixture
+
+    s3 = s3_endpoint
+    for b in ("res", "out-b"):
+        s3.create_bucket(Bucket=b)
+    run = RunFixture(lambda k, d: s3.put_object(Bucket="res", Key=k, Body=d), bucket="res", prefix="runs/x-1/")
+    run.batch("b1", ["a.wav"], records=[json.loads(_plain("a.wav", "o/a.flac").to_json())]).finish()
+    request = {"name": "x", "output": {"s3_bucket": "out-b", "s3_prefix": "o/"}, "results": {"manifests": ["audiofolder"]}}
+    s3.put_object(Bucket="res", Key="runs/x-1/request.json", Body=json.dumps(request).encode())
+    summary = summarize_location("s3://res/runs/x-1/", s3_client=s3, write=True).summary
+    assert summary["manifests"]["audiofolder"]["rows"] == 1
+    assert json.loads(s3.get_object(Bucket="out-b", Key="o/metadata.jsonl")["Body"].read())["file_name"] == "a.flac"
+    assert "manifests" not in summarize_location("s3://res/runs/x-1/", s3_client=s3, write=False).summary

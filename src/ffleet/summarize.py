@@ -791,8 +791,23 @@ def summarize_location(location: str, *, s3_client=None, write: bool = False, re
     tolerance = tolerated_failure_percent
     if tolerance is None:
         tolerance = _previous_tolerance(results_prefix, s3_client)
+    manifests: dict[str, Any] = {}
+    if write and location.startswith("s3://"):
+        # a run whose summarizer failed or timed out is summarized again here: its manifests too
+        manifests = _manifest_settings(_previous_request(results_prefix, s3_client), s3_client)
     return summarize_cloud(results_prefix, manifest_uri, s3_client=s3_client, write=write,
-                           tolerated_failure_percent=tolerance)
+                           tolerated_failure_percent=tolerance, **manifests)
+
+
+def _previous_request(results_prefix: str, s3_client) -> dict[str, Any]:
+    """The run's request.json (the summarizer keeps it beside the summary), else {}."""
+    store, prefix = open_location(results_prefix, s3_client)
+    prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+    try:
+        request = json.loads(store.read_bytes(prefix + REQUEST_FILE))
+    except (NotFound, ValueError):
+        return {}
+    return request if isinstance(request, dict) else {}
 
 
 def _find_manifest(results_prefix: str, s3_client) -> str | None:
