@@ -209,3 +209,27 @@ def test_s3_run_uploads_the_report(s3_endpoint, tone_cache):
     assert 'data-chart="loudness"' in body and "s3-report" in body
     summary = json.loads(s3.get_object(Bucket="out-bucket", Key=prefix + "summary.json")["Body"].read())
     assert summary["dataset"]["files"]["measured"] == 1 and summary["dataset"]["codecs"]["output"] == {"flac": 1}
+
+
+def _outlier_card(n: int, dc: float) -> dict:
+    b = SummaryBuilder()
+    for i in range(n):
+        audio = {"duration": 5.0, "lufs": -60.0, "dc_offset": dc, "dc_offset_flag": False}
+        b.add(ItemResult(key=f"quiet-{i}.wav", status=SUCCEEDED, duration_out=5.0, extra={"audio": audio}))
+    return b.summary(wall_seconds=0)
+
+
+@pytest.mark.parametrize("n", [3, 10])
+def test_outliers_heading_names_the_limit_the_card_keeps(n):
+    """The heading said "(up to 10)" for a run of 10 outliers while the card keeps OUTLIER_COUNT (20)."""
+    summary = _outlier_card(n, 0.0)
+    assert len(summary["dataset"]["outliers"]) == n
+    html = render_html(summary)
+    assert re.search(r"Worst outliers \(up to (\d+)\)", html).group(1) == str(OUTLIER_COUNT)
+
+
+@pytest.mark.parametrize("dc, shown", [(-0.00001, "0.0000"), (-0.00004, "0.0000"), (0.0, "0.0000"), (-0.0004, "-0.0004")])
+def test_dc_offset_that_rounds_to_zero_has_no_sign(dc, shown):
+    html = render_html(_outlier_card(1, dc))
+    cells = re.findall(r'<td class="num">([^<]*)</td></tr>', html)  # DC is each row's last cell
+    assert cells == [shown]

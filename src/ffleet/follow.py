@@ -311,7 +311,9 @@ def cmd_cancel(args, clients: Clients | None = None, pace: Pace | None = None) -
 def redrive_request(request: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
     """The run's own request, reading only the files in `manifest_uri` (same options otherwise)."""
     new = copy.deepcopy(request)
-    new.pop("results", None)  # the stack decides where a run's results go
+    results = new.pop("results", None)  # the stack decides where a run's results go
+    if isinstance(results, dict) and results.get("manifests"):
+        new["results"] = {"manifests": results["manifests"]}  # a re-drive's rows join the run's metadata.jsonl
     new["input"] = {**(new.get("input") or {}), "manifest": manifest_uri, "s3_prefix": ""}
     name = str(new.get("name") or "run")
     new["name"] = name if name.endswith("-redrive") else f"{name}-redrive"

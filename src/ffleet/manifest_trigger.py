@@ -230,7 +230,9 @@ def manifest_request(base: dict[str, Any], bucket: str, manifest_uri: str, *, in
     data = dict(base)
     inp = {k: v for k, v in (data.get("input") or {}).items() if k not in _SOURCE_FIELDS}
     data["input"] = {**inp, "s3_bucket": bucket, "manifest": manifest_uri}
-    data.pop("results", None)  # a run's results always live in the stack's results bucket
+    results = data.pop("results", None)  # a run's results always live in the stack's results bucket
+    if isinstance(results, dict) and results.get("manifests"):
+        data["results"] = {"manifests": results["manifests"]}
     request = parse_request(data)
     check_cloud_request(request)
     check_stack_buckets(request, input_bucket=input_bucket, output_bucket=output_bucket, results_bucket=results_bucket)

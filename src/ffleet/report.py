@@ -26,7 +26,9 @@ def _fmt(v: Any, digits: int = 2) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
-        return f"{v:.{digits}f}"
+        text = f"{v:.{digits}f}"
+        # -0.00001 rounds to "-0.0000": a sign on zero reads as a measured negative offset
+        return text[1:] if text.startswith("-") and float(text) == 0 else text
     return escape(str(v))
 
 
@@ -143,7 +145,7 @@ def render_html(summary: dict[str, Any]) -> str:
         f'<h1>{escape(title)}</h1><div class="muted">{meta}</div>'
         f'<div class="stats">{stats}</div>'
         f'<h2>Dataset</h2><div class="charts">{charts}</div>'
-        f'<h2>Worst outliers (up to {len(card.get("outliers") or []) or OUTLIER_COUNT})</h2>{table}'
+        f'<h2>Worst outliers (up to {OUTLIER_COUNT})</h2>{table}'
         f'<p class="muted">{escape(_measured_note(card.get("measured_at") or {}))} Kept = stored outputs; '
         "rejected = failed a quality filter.</p></body></html>\n"
     )

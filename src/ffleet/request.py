@@ -185,12 +185,28 @@ class GlobalSpec(_Model):
     _opts = field_validator("options")(classmethod(lambda cls, v: _check_options(v)))
 
 
+MANIFEST_FORMATS = ("nemo", "audiofolder", "lhotse")  # ffleet.manifests writes them
+
+
 class ResultsSpec(_Model):
     s3_bucket: str | None = None
     s3_prefix: str | None = None
     path: str | None = None
+    manifests: list[str] | None = Field(
+        None, description='Training manifests to write with the results: any of "nemo", "audiofolder", "lhotse".'
+    )
 
     _set = field_validator("s3_bucket", "path", mode="before")(classmethod(lambda cls, v: _not_empty(v)))
+
+    @field_validator("manifests")
+    @classmethod
+    def _manifests(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        unknown = [m for m in v if m not in MANIFEST_FORMATS]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a manifest format; use any of {', '.join(MANIFEST_FORMATS)}")
+        return [m for m in MANIFEST_FORMATS if m in v] or None
 
     @field_validator("s3_prefix")
     @classmethod
@@ -337,6 +353,10 @@ class JobRequest(_Model):
             out = Path(self.output.path)
             return {"path": str(out.parent / f"{out.name}.ffleet-results")}
         return {"s3_bucket": self.output.s3_bucket, "s3_prefix": f"ffleet-results/{self.name}/"}
+
+    @property
+    def manifest_formats(self) -> list[str]:
+        return list(self.results.manifests or []) if self.results else []
 
     def option_tokens(self) -> dict[str, list[str]]:
         return {

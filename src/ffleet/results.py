@@ -225,6 +225,12 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"dataset    {card['files']['measured']} measured, {card['files']['rejected']} rejected, "
             f"{flagged['clipped']} clipped, {flagged['dc_offset']} with DC offset (report.html)"
         )
+    manifests = summary.get("manifests") or {}
+    if manifests.get("error"):
+        lines.append(f"manifests  not written: {manifests['error']}"[:200])
+    elif manifests:
+        lines.append("manifests  " + ", ".join(f"{name} {m['rows']} rows" for name, m in manifests.items())
+                     + (f" (metadata.jsonl: {manifests['audiofolder']['files'][0]})" if "audiofolder" in manifests else ""))
     run = summary.get("run") or {}
     if run.get("results"):
         lines.append(f"results    {run['results']}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ffleet.inventory import list_items
+from ffleet.manifests import ManifestWriter, local_locator
 from ffleet.report import REPORT_FILE, render_html
 from ffleet.request import JobRequest
 from ffleet.results import (
@@ -213,6 +214,10 @@ def _run(request, workers, client, progress, wd: Path, run_id: str, store, run_p
     # ~1 GB (measured 364 bytes per file). The progress bar needs the total first, so the
     # listing is spooled to a file as it is counted and read back from there: one pass over S3
     # (3 million keys are 3,000 LIST calls) or the manifest, not two.
+    manifests = None
+    if request.manifest_formats:
+        manifests = ManifestWriter(request.manifest_formats, wd / "manifests", request.output.s3_prefix,
+                                   local_locator(ctx.output_store))
     items, total = list_items(request, client), 0
     if progress:
         items, total = _spool(items, wd / "listing.jsonl")
@@ -226,6 +231,8 @@ def _run(request, workers, client, progress, wd: Path, run_id: str, store, run_p
             if res.status in (FAILED, NOT_DONE):
                 failed.write(failed_manifest_line(res) + "\n")
             builder.add(res)
+            if manifests is not None:
+                manifests.add(res)
             if progress:
                 progress(total, res)
     summary = builder.summary(
@@ -239,6 +246,13 @@ def _run(request, workers, client, progress, wd: Path, run_id: str, store, run_p
         results=store.uri(run_prefix),
     )
     summary["sandbox"] = ctx.sandbox.to_dict()
+    if manifests is not None:
+        try:
+            summary["manifests"] = manifests.publish(store, run_prefix, ctx.output_store)
+        except StorageError as exc:
+            # the records say what each file became; the manifests can be written again from them
+            summary["manifests"] = {"error": str(exc)}
+            (notice or _to_stderr)(f"the manifests were not written: {exc}")
     (run_dir / SUMMARY_FILE).write_text(summary_text(summary), encoding="utf-8")
     (run_dir / REPORT_FILE).write_text(render_html(summary), encoding="utf-8")
     if not isinstance(store, LocalStorage):

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ffleet.inventory import item_key, wanted
 from ffleet.keys import OutputClaims
+from ffleet.manifests import FORMATS as MANIFEST_FORMATS
+from ffleet.manifests import ManifestWriter, local_locator
 from ffleet.report import REPORT_FILE, render_html
 from ffleet.request import RequestError, parse_request
 from ffleet.results import (
@@ -510,14 +512,17 @@ class RunSummary:
 class _Aggregation:
     """SummaryBuilder plus the re-drive manifest, written as records stream past."""
 
-    def __init__(self, failed_path: Path, run: str | None = None):
+    def __init__(self, failed_path: Path, run: str | None = None, manifests: ManifestWriter | None = None):
         self.builder = SummaryBuilder()
         self.failed = open(failed_path, "w", encoding="utf-8")
         self.record_files = 0
         self.run = run
+        self.manifests = manifests
 
     def add(self, r: ItemResult) -> None:
         self.builder.add(r)
+        if self.manifests is not None:
+            self.manifests.add(r)
         if r.status in (FAILED, NOT_DONE):
             self.failed.write(failed_manifest_line(r, self.run) + "\n")
 
@@ -538,6 +543,9 @@ def summarize_cloud(
     outputs_may_collide: bool = True,
     map_error: str | None = None,
     request: dict[str, Any] | None = None,
+    manifests: list[str] | None = None,
+    outputs: Storage | None = None,
+    output_prefix: str = "",
 ) -> RunSummary:
     """Summarize a cloud run (or a local copy of one): its ResultWriter output and records/*.jsonl.
 
@@ -548,6 +556,9 @@ def summarize_cloud(
     records name the same output key were converted by different jobs (a job fails such a clash
     within its own batch itself), so the object holds whichever finished last; every such record
     after the first counts as failed, output_collision.
+
+    manifests (formats of ffleet.manifests): written from the same stream of records, to
+    <results_prefix>manifests/ and (audiofolder's metadata.jsonl) the root of output_prefix in `outputs`.
     """
     store, prefix = open_location(results_prefix, s3_client)
     if isinstance(store, LocalStorage):
@@ -555,7 +566,10 @@ def summarize_cloud(
     elif prefix and not prefix.endswith("/"):
         prefix += "/"
     with tempfile.TemporaryDirectory(prefix="ffleet-summarize-") as tmp:
-        agg = _Aggregation(Path(tmp) / FAILED_FILE, execution_name or _run_of(prefix))
+        writer = None
+        if manifests and write and outputs is not None:
+            writer = ManifestWriter(manifests, Path(tmp) / "manifests", output_prefix, local_locator(outputs))
+        agg = _Aggregation(Path(tmp) / FAILED_FILE, execution_name or _run_of(prefix), writer)
         ledger = _Ledger(tmp)
         claims = OutputClaims(Path(tmp)) if outputs_may_collide else None
         run: dict[str, Any] = {"name": name, "execution_name": execution_name, "mode": "cloud", "map_error": map_error}
@@ -621,6 +635,8 @@ def summarize_cloud(
         finally:
             agg.close()
             ledger.close()
+            if writer is not None:
+                writer.close()
             if claims is not None:
                 claims.close()
         run["results"] = store.uri(prefix)
@@ -636,6 +652,12 @@ def summarize_cloud(
         if map_error:
             summary["within_tolerance"] = False  # files the map never reached are counted nowhere
         out = RunSummary(summary)
+        if write and writer is not None:
+            try:
+                summary["manifests"] = writer.publish(store, prefix, outputs)
+            except StorageError as exc:
+                # the summary must still be written: it is what tells the run's outcome
+                summary["manifests"] = {"error": str(exc)}
         if write:
             store.write_bytes(prefix + SUMMARY_FILE, summary_text(summary).encode("utf-8"), content_type="application/json")
             store.store(Path(tmp) / FAILED_FILE, prefix + FAILED_FILE, content_type="application/x-ndjson")
@@ -701,7 +723,21 @@ def summarize_event(event: SummarizeEvent, s3_client) -> RunSummary:
         outputs_may_collide=bool(output.get("extension")) if event.request else True,
         map_error=map_error,
         request=event.request or None,
+        **_manifest_settings(event.request, s3_client),
     )
+
+
+def _manifest_settings(request: dict[str, Any], s3_client) -> dict[str, Any]:
+    """The request's results.manifests and where its outputs are, read leniently (the start Lambda
+    validated the request; an unknown name is left out rather than losing the summary)."""
+    results = request.get("results") if isinstance(request.get("results"), dict) else {}
+    wanted = results.get("manifests") if isinstance(results.get("manifests"), list) else []
+    output = request.get("output") if isinstance(request.get("output"), dict) else {}
+    bucket, prefix = output.get("s3_bucket"), output.get("s3_prefix") or ""
+    formats = [f for f in MANIFEST_FORMATS if f in wanted]
+    if not formats or not isinstance(bucket, str) or not isinstance(prefix, str):
+        return {}
+    return {"manifests": formats, "outputs": S3Storage(bucket, s3_client), "output_prefix": prefix}
 
 
 def summarize_local_run(folder: str | Path, tolerated_failure_percent: float | None = None) -> RunSummary:
@@ -755,8 +791,23 @@ def summarize_location(location: str, *, s3_client=None, write: bool = False, re
     tolerance = tolerated_failure_percent
     if tolerance is None:
         tolerance = _previous_tolerance(results_prefix, s3_client)
+    manifests: dict[str, Any] = {}
+    if write and location.startswith("s3://"):
+        # a run whose summarizer failed or timed out is summarized again here: its manifests too
+        manifests = _manifest_settings(_previous_request(results_prefix, s3_client), s3_client)
     return summarize_cloud(results_prefix, manifest_uri, s3_client=s3_client, write=write,
-                           tolerated_failure_percent=tolerance)
+                           tolerated_failure_percent=tolerance, **manifests)
+
+
+def _previous_request(results_prefix: str, s3_client) -> dict[str, Any]:
+    """The run's request.json (the summarizer keeps it beside the summary), else {}."""
+    store, prefix = open_location(results_prefix, s3_client)
+    prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+    try:
+        request = json.loads(store.read_bytes(prefix + REQUEST_FILE))
+    except (NotFound, ValueError):
+        return {}
+    return request if isinstance(request, dict) else {}
 
 
 def _find_manifest(results_prefix: str, s3_client) -> str | None:

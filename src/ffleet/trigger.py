@@ -104,7 +104,8 @@ def execution_input(request: JobRequest, name: str, results_bucket: str, trigger
     key_prefix = f"runs/{name}/"
     normalised = request.to_json_dict()
     # The worker writes records where the run's results live, whatever the request said.
-    normalised["results"] = {"s3_bucket": results_bucket, "s3_prefix": key_prefix, "path": None}
+    normalised["results"] = {"s3_bucket": results_bucket, "s3_prefix": key_prefix, "path": None,
+                             "manifests": request.manifest_formats or None}
     p = request.processing
     return {
         "execution_name": name,

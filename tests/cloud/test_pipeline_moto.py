@@ -279,7 +279,8 @@ def _stand_in_worker(batch_uri: str) -> str | None:
     if any(FAIL_MARK in k for k in keys):
         return "failed"
     rb, rp = batch.results_prefix[5:].split("/", 1)
-    lines = [ItemResult(key=k, status="succeeded", output_key="out/" + k).to_json() + "\n" for k in keys]
+    lines = [ItemResult(key=k, status="succeeded", output_key="out/" + k, duration_out=1.5, sample_rate=48000,
+                        channels=1).to_json() + "\n" for k in keys]
     s3.put_object(Bucket=rb, Key=f"{rp}records/{batch.batch_id}.jsonl", Body="".join(lines).encode())
     return None
 
@@ -373,6 +374,24 @@ def test_s3_event_runs_the_map_and_summarizes(cloud):
     # each job went to the latest ACTIVE revision, by name, with a time limit from the request
     assert {s["job_definition"] for s in cloud.submitted} == {"jdArm"}
     assert {s["timeout"]["attemptDurationSeconds"] for s in cloud.submitted} == {output["job_timing"]["attempt_seconds"]}
+
+
+def test_manifests_asked_for_in_the_request_reach_the_summarizer(cloud):
+    """results.manifests travels from the dropped request through the start Lambda and the map to the
+    summarizer, which writes them under the run and metadata.jsonl at the output root."""
+    for name in ("in/a.wav", "in/b.wav"):
+        cloud.s3.put_object(Bucket=MEDIA, Key=name, Body=b"RIFF")
+    request = _request()
+    request["results"] = {"manifests": ["audiofolder", "nemo"]}
+    out = cloud.start.handler(_put_request(cloud, "jobs/with-manifests.json", request), FakeContext())
+    arn = out["started"][0]["execution_arn"]
+    assert _wait(cloud.sfn, arn)["status"] == "SUCCEEDED"
+    run = f"runs/{arn.rsplit(':', 1)[1]}/"
+    assert _keys(cloud.s3, RESULTS, run + "manifests/") == [run + "manifests/audiofolder-metadata.jsonl", run + "manifests/nemo.jsonl"]
+    metadata = cloud.s3.get_object(Bucket=OUT, Key="out/metadata.jsonl")["Body"].read().decode().splitlines()
+    assert sorted(json.loads(line)["file_name"] for line in metadata) == ["in/a.wav", "in/b.wav"]
+    nemo = cloud.s3.get_object(Bucket=RESULTS, Key=run + "manifests/nemo.jsonl")["Body"].read().decode().splitlines()
+    assert sorted(json.loads(line)["audio_filepath"] for line in nemo) == [f"s3://{OUT}/out/in/a.wav", f"s3://{OUT}/out/in/b.wav"]
 
 
 def cloud_arn(cloud, queue_name: str) -> str:

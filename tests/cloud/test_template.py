@@ -711,3 +711,18 @@ def test_the_start_function_validates_threads_for_the_batch_jobs_cpus(template):
     """The policy caps -threads at FFLEET_TARGET_CPUS when set: the Lambda has fewer CPUs than a job."""
     env = template["Resources"]["StartFunction"]["Properties"]["Environment"]["Variables"]
     assert env["FFLEET_TARGET_CPUS"] == {"Ref": "JobVcpus"}
+
+
+def test_summarizer_reaches_only_runs_and_the_output_roots_metadata(transformed):
+    """results.manifests: the summarizer writes under runs/ and audiofolder's metadata.jsonl at the output
+    root (reading the earlier one first); it may write no other output object, and delete nothing."""
+    seen = {}
+    for st, acts, res in _statements(transformed["Resources"]["SummarizeFunctionRole"]):
+        text = json.dumps(res)
+        assert "s3:DeleteObject" not in acts
+        if "OutputBucketName" in text:
+            seen[st["Sid"]] = (sorted(acts), text)
+    assert seen["AudiofolderMetadataAtOutputRoot"][0] == ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"]
+    assert seen["AudiofolderMetadataAtOutputRoot"][1].endswith('${OutputBucketName}/*metadata.jsonl"}]')
+    assert seen["TellMissingMetadata"][0] == ["s3:ListBucket"] and "/" not in seen["TellMissingMetadata"][1].split("s3:::")[1]
+    assert set(seen) == {"AudiofolderMetadataAtOutputRoot", "TellMissingMetadata"}
