@@ -225,7 +225,10 @@ def _verifier_section(d: Diagnosis, binaries) -> str:
     }[reader]}
     d.sections["verifier"] = section
     if reader == verify.SANDBOXED_PYAV:
-        problem = verifier.self_test()
+        try:
+            problem = verifier.self_test()
+        except Exception as exc:  # doctor reports what it finds; a failing start is a finding too
+            problem = f"the verifier's self-test failed: {exc!r}"
         if problem:
             section["problem"] = problem
             fallback = verify.has_ffprobe(binaries)

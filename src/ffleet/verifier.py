@@ -220,7 +220,11 @@ class VerifierPool:
                 self._end(server, kill=True)  # died while idle (its parent thread ended: pdeathsig)
         if self.unavailable:
             raise VerifierUnavailable(self.unavailable)
-        server = _Server(server_argv(self.read), self.registry)
+        try:
+            server = _Server(server_argv(self.read), self.registry)
+        except OSError as exc:  # no Python or helper to run (or the sandbox's self-test failed)
+            self.unavailable = f"the verifier did not start: {exc}"
+            raise VerifierUnavailable(self.unavailable) from None
         self.started += 1
         try:
             hello = server.ask({"hello": True}, START_TIMEOUT_SECONDS)
