@@ -330,3 +330,34 @@ def test_doctor_names_the_verifier_and_needs_no_ffprobe_with_it(monkeypatch, av_
     else:
         assert d.sections["verifier"]["reader"] == "ffprobe" and not d.ready
         assert any("ffprobe: /nonexistent/ffprobe does not exist" in p for p in d.problems), d.problems
+
+
+def test_threads_share_a_verifier_but_a_stuck_one_holds_up_no_one(tmp_path, tone_cache, misbehaving_verifier):
+    """Reads take about a millisecond: threads wait for a busy verifier rather than start one each;
+    a verifier stuck on a file is not waited for past PATIENCE_SECONDS: another starts."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    good = tone_cache(".wav", 1.0).read_bytes()
+    paths = []
+    for i in range(8):
+        paths.append(tmp_path / f"{i}.wav")
+        paths[-1].write_bytes(good)
+    stuck = tmp_path / "stuck.wav"
+    stuck.write_bytes(b"HANG!!!!" + good[8:])
+    pool = VerifierPool((str(tmp_path),))
+    try:
+        with ThreadPoolExecutor(4) as threads:
+            answers = list(threads.map(lambda p: pool.ask(p, input_guard()), paths))
+        assert all(a.info["codec"] == "pcm_s16le" for a in answers) and pool.started == 1
+        with ThreadPoolExecutor(2) as threads:
+            hung = threads.submit(pool.ask, stuck, input_guard(), 10)  # time for a second verifier to start
+            time.sleep(0.5)  # the hang has begun
+            answer = threads.submit(pool.ask, paths[0], input_guard()).result()
+            assert answer.info["codec"] == "pcm_s16le" and not hung.done(), hung.exception()  # read while the other hangs
+            with pytest.raises(NoAnswer, match="no answer in 10 s"):
+                hung.result()
+        assert pool.started == 2
+    finally:
+        pool.close()
+    assert all(_reaped(pid) for pid in misbehaving_verifier)

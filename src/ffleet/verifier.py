@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import select
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -28,7 +28,9 @@ from ffleet.sandbox import Confinement
 
 # libav gives up opening a file after 60 s (ffleet.verify); a verifier silent for longer is stuck
 ANSWER_TIMEOUT_SECONDS = 75.0
-START_TIMEOUT_SECONDS = 60.0  # Python and `import av`: about 0.1 s of CPU, more on a loaded machine
+START_TIMEOUT_SECONDS = 60.0  # Python and `import av`: about 0.15 s of CPU, more on a loaded machine
+# how long a thread waits for a busy verifier before it starts another (a read takes about 1 ms)
+PATIENCE_SECONDS = 0.05
 _MAX_ANSWER_BYTES = 1 << 20
 _READY = "ready"
 
@@ -59,6 +61,8 @@ def available() -> bool:
 def _python_read_paths() -> list[str]:
     """What the verifier's Python must read: its standard library, site-packages (PyAV and its
     bundled libav), the venv's pyvenv.cfg, libpython, and the folder this ffleet is imported from."""
+    import sysconfig  # here, not at ffleet's start: only a verifier's start needs it
+
     paths = {sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
     paths.add(os.path.join(sys.prefix, "pyvenv.cfg"))
     if sysconfig.get_config_var("Py_ENABLE_SHARED") and sysconfig.get_config_var("LIBDIR"):
@@ -86,13 +90,45 @@ def server_env() -> dict[str, str]:
             "PYTHONDONTWRITEBYTECODE": "1"}
 
 
+# Verifiers are started from one thread that lives as long as ffleet: the kernel sends the
+# parent-death signal (which the sandbox helper sets) when the *thread* that started a process
+# ends, and a verifier outlives the worker thread that first needed it.
+_spawn_requests: queue.SimpleQueue = queue.SimpleQueue()
+_spawner: threading.Thread | None = None
+_spawner_lock = threading.Lock()
+
+
+def _spawn(argv: list[str], **popen_args) -> subprocess.Popen:
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None or not _spawner.is_alive():
+            _spawner = threading.Thread(target=_spawn_loop, name="ffleet-verifier-spawner", daemon=True)
+            _spawner.start()
+    done, box = threading.Event(), {}
+    _spawn_requests.put((argv, popen_args, box, done))
+    done.wait()
+    if "error" in box:
+        raise box["error"]
+    return box["proc"]
+
+
+def _spawn_loop() -> None:
+    while True:
+        argv, popen_args, box, done = _spawn_requests.get()
+        try:
+            box["proc"] = subprocess.Popen(argv, **popen_args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that asked
+            box["error"] = exc
+        done.set()
+
+
 class _Server:
     """One verifier process and its pipes."""
 
     def __init__(self, argv: list[str], registry=None) -> None:
         self._err = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
-                                     env=server_env(), cwd="/", start_new_session=True, close_fds=True, bufsize=0)
+        self.proc = _spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+                           env=server_env(), cwd="/", start_new_session=True, close_fds=True, bufsize=0)
         self.registry = registry
         if registry is not None:
             registry.add(self.proc)
@@ -194,14 +230,19 @@ def _wait4(pid: int, timeout: float):
 
 
 class VerifierPool:
-    """Verifiers for one run, allowed to read the `read` folders: one per thread reading at a time,
-    started on first use and kept; one that fails a file is killed and the next file gets a new one."""
+    """Verifiers for one run, allowed to read the `read` folders, started on first use and kept.
+
+    A thread takes an idle verifier, else waits for a busy one that is starting or has been reading
+    for under PATIENCE_SECONDS, else starts another: a read takes about a millisecond and FFmpeg far
+    longer, so one verifier usually serves every thread, and a slow or stuck file holds up no one
+    for long. One that fails a file is killed; the next file gets a new one."""
 
     def __init__(self, read: tuple[str, ...], registry=None) -> None:
         self.read = tuple(str(Path(p).resolve()) for p in read)
         self.registry = registry
         self._idle: list[_Server] = []
-        self._lock = threading.Lock()
+        self._busy: dict[object, float | None] = {}  # server (or a start's token) -> since when (None: starting)
+        self._cond = threading.Condition()
         self.started = 0
         self.cpu_seconds = 0.0  # of the verifiers that have ended (wait4)
         self.unavailable: str | None = None  # why a verifier could not start here, once known
@@ -212,17 +253,38 @@ class VerifierPool:
         return any(resolved == root or resolved.startswith(root + os.sep) for root in self.read)
 
     def _take(self) -> _Server:
-        with self._lock:
-            while self._idle:
-                server = self._idle.pop()
-                if server.alive():
-                    return server
-                self._end(server, kill=True)  # died while idle (its parent thread ended: pdeathsig)
-        if self.unavailable:
-            raise VerifierUnavailable(self.unavailable)
+        with self._cond:
+            while True:
+                while self._idle:
+                    server = self._idle.pop()
+                    if server.alive():
+                        self._busy[server] = time.monotonic()
+                        return server
+                    self._end(server, kill=True)  # died while idle (killed from outside)
+                if self.unavailable:
+                    raise VerifierUnavailable(self.unavailable)
+                now = time.monotonic()
+                waits = [1.0 if since is None else PATIENCE_SECONDS - (now - since) for since in self._busy.values()]
+                waits = [w for w in waits if w > 0]
+                if not waits:
+                    break
+                self._cond.wait(min(waits))
+            token = object()
+            self._busy[token] = None
+        try:
+            server = self._start()
+        finally:
+            with self._cond:
+                del self._busy[token]
+                self._cond.notify_all()
+        with self._cond:
+            self._busy[server] = time.monotonic()
+        return server
+
+    def _start(self) -> _Server:
         try:
             server = _Server(server_argv(self.read), self.registry)
-        except OSError as exc:  # no Python or helper to run (or the sandbox's self-test failed)
+        except OSError as exc:  # no Python or helper to run
             self.unavailable = f"the verifier did not start: {exc}"
             raise VerifierUnavailable(self.unavailable) from None
         self.started += 1
@@ -244,6 +306,15 @@ class VerifierPool:
         self.cpu_seconds += server.cpu_seconds
         return ended
 
+    def _give_back(self, server: _Server, failed: bool) -> str | None:
+        with self._cond:
+            self._busy.pop(server, None)
+            ended = self._end(server, kill=True) if failed else None
+            if not failed:
+                self._idle.append(server)
+            self._cond.notify_all()
+        return ended
+
     def ask(self, path: Path, guard: list[str], timeout: float | None = None) -> Answer:
         """What the verifier reads in path. NoAnswer: it failed on this file (and was replaced);
         VerifierUnavailable: none can start here."""
@@ -252,15 +323,17 @@ class VerifierPool:
             raw = server.ask({"path": str(path), "guard": guard}, timeout or ANSWER_TIMEOUT_SECONDS)
             answer = _checked(raw)
         except NoAnswer as exc:
-            ended = self._end(server, kill=True)
+            ended = self._give_back(server, failed=True)
             raise NoAnswer(f"{exc} ({ended})") from None
-        with self._lock:
-            self._idle.append(server)
+        except BaseException:
+            self._give_back(server, failed=True)
+            raise
+        self._give_back(server, failed=False)
         return answer
 
     def close(self) -> None:
         """End every idle verifier and reap it (its CPU joins cpu_seconds)."""
-        with self._lock:
+        with self._cond:
             idle, self._idle[:] = list(self._idle), []
         for server in idle:
             self._end(server, kill=False)
@@ -271,7 +344,8 @@ def self_test() -> str | None:
     with tempfile.TemporaryDirectory(prefix="ffleet-verifier-") as folder:
         pool = VerifierPool((folder,))
         try:
-            pool._end(pool._take(), kill=False)
+            pool._give_back(pool._take(), failed=False)
+            pool.close()
         except VerifierUnavailable as exc:
             return str(exc)
     return None
