@@ -238,6 +238,12 @@ def test_without_ffprobe_the_verifier_says_why_a_playlist_output_fails(tmp_path,
     assert "reads as concat" in r.detail, r.detail
 
 
+def test_an_unknown_reader_is_refused_before_any_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("FFLEET_VERIFY", "pyav-sandboxed")
+    with pytest.raises(ValueError, match="FFLEET_VERIFY='pyav-sandboxed': use 'pyav'"):
+        make_ctx(tmp_path, find_binaries())
+
+
 def test_a_request_that_requires_the_sandbox_refuses_the_in_process_reader(tmp_path, monkeypatch):
     monkeypatch.setenv("FFLEET_VERIFY", "pyav")
     with pytest.raises(SandboxRequired, match="FFLEET_VERIFY=pyav"):

@@ -219,7 +219,7 @@ def _verifier_section(d: Diagnosis, binaries) -> str:
         d.problems.append(f"verifier: {exc}")
         return "ffprobe"
     section: dict[str, Any] = {"reader": reader, "detail": {
-        verify.SANDBOXED_PYAV: "PyAV in a long-lived process per worker thread, in the sandbox",
+        verify.SANDBOXED_PYAV: "PyAV in a long-lived verifier process, in the sandbox",
         verify.IN_PROCESS_PYAV: "PyAV in ffleet's own process, NOT in the sandbox (FFLEET_VERIFY=pyav)",
         verify.FFPROBE: "ffprobe in the sandbox, one process per file",
     }[reader]}
@@ -336,7 +336,7 @@ def format_diagnosis(d: Diagnosis) -> str:
              f"ffprobe  {_binary_line(s['ffprobe'])}"]
     if "verifier" in s:
         v = s["verifier"]
-        lines.append(f"verifier {v['reader'] or 'unknown'}: {v.get('problem') or v.get('detail')}")
+        lines.append(f"verifier {v.get('problem') or v.get('detail')}")
     if "request" in s:
         r = s["request"]
         if not r.get("valid"):

@@ -21,10 +21,11 @@ from ffleet.sandbox import Confinement
 
 # Why a process of its own: PyAV reads an output for 0.5 ms of CPU against 6.6 ms for a static
 # ffprobe started per file, but in ffleet's own process it parses bytes a user's options chose
-# outside the kernel sandbox, where a Batch job holds AWS credentials. One verifier per worker
-# thread, started on its first output and kept for the run, runs in the same sandbox as FFmpeg
-# (read-only to the run's work folder, no sockets, no new processes, none of ffleet's environment):
-# the isolation of ffprobe for the CPU of PyAV (bench/verify_cost.py).
+# outside the kernel sandbox, where a Batch job holds AWS credentials. A verifier, started on the
+# first output and kept for the batch (shared by the worker threads; another starts only while one
+# is busy), runs in the same sandbox as FFmpeg (read-only to the run's work folder, no sockets, no
+# new processes, none of ffleet's environment): the isolation of ffprobe for about the CPU of PyAV
+# (bench/verify_cost.py).
 
 # libav gives up opening a file after 60 s (ffleet.verify); a verifier silent for longer is stuck
 ANSWER_TIMEOUT_SECONDS = 75.0

@@ -56,7 +56,7 @@ def choice() -> str:
     the kernel sandbox does not reach and a Batch job holds AWS credentials; ffprobe costs a second
     process per file (6.6 ms of CPU with the static build, 84 ms with Debian's). The verifier
     (ffleet.verifier) is PyAV in a long-lived process under the sandbox: both, for one start per
-    worker thread. FFLEET_VERIFY=pyav trades the isolation for the last fraction of a millisecond.
+    batch. FFLEET_VERIFY=pyav trades the isolation for the last fraction of a millisecond.
     """
     said = os.environ.get("FFLEET_VERIFY") or None
     if said is not None and said not in VERIFY_CHOICES:

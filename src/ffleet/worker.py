@@ -132,7 +132,8 @@ class WorkContext:
         required = self.request.processing.require_sandbox
         required = sandbox.required_by_default() if required is None else required
         self.sandbox = sandbox.require(required)
-        if required and verify.choice() == verify.IN_PROCESS_PYAV:
+        # how outputs are read back: a wrong FFLEET_VERIFY is refused here, before any file
+        if verify.choice() == verify.IN_PROCESS_PYAV and required:
             raise SandboxRequired(
                 "processing.require_sandbox is true, but FFLEET_VERIFY=pyav reads outputs in ffleet's own "
                 "process, outside the sandbox (unset FFLEET_VERIFY for the sandboxed verifier)")
