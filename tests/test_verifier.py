@@ -227,6 +227,14 @@ def test_a_verifier_that_cannot_start_is_a_sandbox_error_without_ffprobe(tmp_pat
     assert r.status == SUCCEEDED and r.codec == "pcm_s16le", r
 
 
+def test_a_verifier_that_cannot_start_in_the_sandbox_says_why(monkeypatch):
+    """Its stderr (the traceback) reaches the message: the sandbox lets it write that file alone."""
+    real = verifier.server_argv
+    monkeypatch.setattr(verifier, "server_argv", lambda read: [*real(read)[:-1], "ffleet.no_such_module"])
+    with pytest.raises(verifier.VerifierUnavailable, match="No module named ffleet.no_such_module"):
+        _ask(VerifierPool(("/tmp",)), "/tmp/x.wav")
+
+
 def test_without_ffprobe_the_verifier_says_why_a_playlist_output_fails(tmp_path, tone_cache):
     """The refused demuxer is named from the verifier's own log, as ffprobe's log named it."""
     secret = make_tone(tmp_path / "secret.mp3", 1.0)

@@ -33,6 +33,7 @@ START_TIMEOUT_SECONDS = 60.0  # Python and `import av`: about 0.15 s of CPU, mor
 # how long a thread waits for a busy verifier before it starts another (a read takes about 1 ms)
 PATIENCE_SECONDS = 0.05
 _MAX_ANSWER_BYTES = 1 << 20
+_STDERR_BYTES = 1 << 20  # RLIMIT_FSIZE: Landlock already refuses every other file
 _READY = "ready"
 
 
@@ -78,9 +79,10 @@ def _python_read_paths() -> list[str]:
 def server_argv(read: tuple[str, ...]) -> list[str]:
     """The command that starts one verifier: ffleet's sandbox helper, then Python running serve().
 
-    It may read `read` (the run's work folder) and Python's own files, write nothing but /dev/null.
+    It may read `read` (the run's work folder) and Python's own files, write nothing but /dev/null
+    and its stderr (a file ffleet opened for it, capped so that a traceback fits: why it did not start).
     -P: the working folder is not put on sys.path; -s: no user site-packages."""
-    confinement = Confinement(read=(*read, *_python_read_paths()), max_output_bytes=1)
+    confinement = Confinement(read=(*read, *_python_read_paths()), max_output_bytes=_STDERR_BYTES)
     return [*sandbox.prefix(confinement), sys.executable, "-P", "-s", "-m", "ffleet.verifier"]
 
 
