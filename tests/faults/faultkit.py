@@ -54,6 +54,19 @@ def probe_duration(path: Path) -> float | None:
     return float(dur) if dur not in (None, "N/A") else None
 
 
+def verifiers_of(src: str) -> list[int]:
+    """PIDs of live sandboxed verifiers (ffleet.verifier) running the ffleet in `src` (their PYTHONPATH)."""
+    pids = []
+    for pid in processes_using("ffleet.verifier"):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if f"PYTHONPATH={src}".encode() in environ.split(b"\0"):
+            pids.append(pid)
+    return pids
+
+
 def processes_using(fragment: str) -> list[int]:
     """PIDs of live processes whose command line contains `fragment` (e.g. a test's work folder)."""
     pids = []

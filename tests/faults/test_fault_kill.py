@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import probe_duration, processes_using, record_lines, start_cli, wait_for
+from faultkit import probe_duration, processes_using, record_lines, start_cli, verifiers_of, wait_for
 
 from conftest import run_cli, write_json
 from ffleet.demo import make_tone
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 N_FILES = 10
 SECONDS = 3.0
@@ -52,7 +54,7 @@ def _assert_every_output_whole(tmp_path):
 def test_sigkill_mid_run_leaves_no_partial_output_and_rerun_finishes_the_rest(tmp_path, slow_corpus):
     """SIGKILL of `ffleet run` while FFmpeg is writing. No partial or corrupt file may exist at any
     output path (each output probes with the full duration); the killed run's records are whole
-    lines; no FFmpeg it started keeps running; a re-run processes exactly the files without output
+    lines; no FFmpeg or verifier it started keeps running; a re-run processes exactly the files without output
     and skips (does not touch) every finished one."""
     req = _request(tmp_path, slow_corpus)
     work = tmp_path / "tmp"
@@ -60,6 +62,8 @@ def test_sigkill_mid_run_leaves_no_partial_output_and_rerun_finishes_the_rest(tm
     results = tmp_path / "out.ffleet-results"
     wait_for(lambda: len(record_lines(results)) >= 2, proc, what="two finished files")
     wait_for(lambda: processes_using(str(work)), proc, what="FFmpeg at work")  # mid-file, for sure
+    verifiers = verifiers_of(SRC)
+    assert verifiers, "no verifier read the finished files back"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stdout.close(), proc.stderr.close()
@@ -75,6 +79,7 @@ def test_sigkill_mid_run_leaves_no_partial_output_and_rerun_finishes_the_rest(tm
     for pid in orphans:  # clean up before asserting, so a failure leaves nothing running
         os.kill(pid, signal.SIGKILL)
     assert not orphans, f"FFmpeg processes outlived the killed ffleet: {orphans}"
+    assert not set(verifiers) & set(verifiers_of(SRC)), "a verifier outlived the killed ffleet"
 
     p = run_cli("run", str(req), "--json", "--no-progress", "--workers", "2", env={"TMPDIR": str(work)})
     assert p.returncode == 0, p.stderr
