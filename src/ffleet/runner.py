@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ffleet.inventory import list_items
-from ffleet.report import REPORT_FILE, render_html
 from ffleet.request import JobRequest
 from ffleet.results import (
     FAILED, FAILED_FILE, NOT_DONE, RECORDS_FILE, SUMMARY_FILE, ItemResult, SummaryBuilder, failed_manifest_line, summary_text,
@@ -240,6 +239,8 @@ def _run(request, workers, client, progress, wd: Path, run_id: str, store, run_p
     )
     summary["sandbox"] = ctx.sandbox.to_dict()
     (run_dir / SUMMARY_FILE).write_text(summary_text(summary), encoding="utf-8")
+    from ffleet.report import REPORT_FILE, render_html  # at the end: nothing before the first FFmpeg needs it
+
     (run_dir / REPORT_FILE).write_text(render_html(summary), encoding="utf-8")
     if not isinstance(store, LocalStorage):
         try:

@@ -17,7 +17,6 @@ import glob
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -87,7 +86,7 @@ def _cache_dir() -> Path:
 
 def _cached_helper_path() -> Path:
     digest = hashlib.sha256(HELPER_SOURCE.read_bytes()).hexdigest()[:16]
-    return _cache_dir() / f"{HELPER_NAME}-{platform.machine()}-{digest}"
+    return _cache_dir() / f"{HELPER_NAME}-{os.uname().machine}-{digest}"
 
 
 def build_helper(dest: Path | None = None, compiler: str | None = None) -> Path:

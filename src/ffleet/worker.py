@@ -12,9 +12,9 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from ffleet import audio_quality, sandbox
+from ffleet import sandbox
 from ffleet.cpus import cgroup_cpu_limit, usable_cpus  # noqa: F401 - cgroup_cpu_limit is re-exported
 from ffleet.ffmpeg import (
     Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, run_process,
@@ -24,8 +24,11 @@ from ffleet.policy import option_pairs, refused_output_extension
 from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
 from ffleet.sandbox import HELPER_EXIT, Confinement, SandboxStatus
-from ffleet.verify import MediaInfo, read_media
 from ffleet.storage import InvalidKey, ListedObject, NotFound, Storage, StorageError, input_storage, output_storage
+from ffleet.verify import MediaInfo, read_media
+
+if TYPE_CHECKING:
+    from ffleet.audio_quality import OutputTap
 
 # Messages FFmpeg prints when the input itself is unreadable (rather than the options being wrong).
 _CORRUPT_PATTERNS = re.compile(
@@ -38,6 +41,12 @@ _CORRUPT_PATTERNS = re.compile(
 _NOT_ON_WHITELIST = re.compile(r"^\[(\w+) @ [^\]]+\] Format not on whitelist", re.M)
 _NO_SPACE = re.compile(r"No space left on device", re.I)
 _SANDBOX_REFUSED = re.compile(r"^ffleet-sandbox: ", re.M)
+
+
+def _quality():
+    from ffleet import audio_quality
+
+    return audio_quality
 
 
 def expected_duration(input_duration: float | None, tokens: dict[str, list[str]]) -> float | None:
@@ -118,7 +127,7 @@ class WorkContext:
     # (input, output extension) -> the output options (the user's, -vn added for video into an audio container)
     _outputs: dict[tuple[str, str], list[str]] = field(init=False, default_factory=dict, repr=False)
     # (input, output extension) -> its OutputTap (None: measure the source)
-    _taps: dict[tuple[str, str], audio_quality.OutputTap | None] = field(init=False, default_factory=dict, repr=False)
+    _taps: dict[tuple[str, str], OutputTap | None] = field(init=False, default_factory=dict, repr=False)
     # measuring: a raised -loglevel, and the second output that analyses the source; the same for every file
     _loglevel: list[str] = field(init=False, default_factory=list, repr=False)
     _source_analysis: list[str] = field(init=False, default_factory=list, repr=False)
@@ -135,8 +144,11 @@ class WorkContext:
         # a user's output -f names the muxer: reading the output back needs its demuxer (if FFmpeg has one)
         output_formats = [v for flag, v in option_pairs(self.tokens["output"]) if flag == "-f" and v is not None]
         self.output_guard = input_guard(output_formats)
-        self.measuring = audio_quality.measuring(self.request, self.tokens)
+        # the quality analysis (ffleet.audio_quality) is imported only by a request that measures:
+        # every `ffleet run` pays for each import before its first FFmpeg starts
+        self.measuring = self.request.quality.measuring and _quality().measuring(self.request, self.tokens)
         if self.measuring:
+            audio_quality = _quality()
             self._loglevel = audio_quality.global_args(self.tokens["global"])
             self._source_analysis = audio_quality.analysis_args(self.tokens, self.request.quality.true_peak)
 
@@ -160,7 +172,7 @@ class WorkContext:
             self._outputs[key] = [*out, "-vn"] if adds_no_video(out, dst.suffix, src.suffix) else out
         return self._outputs[key]
 
-    def measure_tap(self, src: Path, dst: Path) -> audio_quality.OutputTap | None:
+    def measure_tap(self, src: Path, dst: Path) -> OutputTap | None:
         """How this file's written audio is measured, or None (not measuring, or measuring the source)."""
         q = self.request.quality
         if not self.measuring or q.measure_at != "output":
@@ -168,7 +180,7 @@ class WorkContext:
         key = (src.suffix.lower(), dst.suffix)
         if key not in self._taps:
             tokens = {**self.tokens, "output": self.output_options(src, dst)}
-            self._taps[key] = audio_quality.output_tap(tokens, dst.suffix, q.true_peak, self.binaries.ffmpeg)
+            self._taps[key] = _quality().output_tap(tokens, dst.suffix, q.true_peak, self.binaries.ffmpeg)
         return self._taps[key]
 
     def ffmpeg_argv(self, src: Path, dst: Path) -> list[str]:
@@ -245,7 +257,7 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     dst = slot / ("output" + _temp_suffix(out_key))
     run = run_process(
         ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry,
-        stderr_limit=audio_quality.ANALYSIS_STDERR_LIMIT if ctx.measuring else 64_000,
+        stderr_limit=_quality().ANALYSIS_STDERR_LIMIT if ctx.measuring else 64_000,
         # the kernel keeps FFmpeg to its input and this file's own folder, whatever its options say
         confinement=Confinement(read=(str(src),), write=(str(slot),), max_output_bytes=req.processing.max_output_bytes),
     )
@@ -312,7 +324,7 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     result.bytes_out = dst.stat().st_size
     # 5. Quality: measurements into the record; a file failing a filter ends as rejected.
     result.status = SUCCEEDED
-    if ctx.measuring and not audio_quality.apply_quality(req, run.stderr, result, ctx.measure_tap(src, dst), info):
+    if ctx.measuring and not _quality().apply_quality(req, run.stderr, result, ctx.measure_tap(src, dst), info):
         return
     # 6. Store: atomic for folders (temp + rename), whole-object for S3.
     ctx.output_store.store(dst, out_key)
