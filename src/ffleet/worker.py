@@ -227,7 +227,10 @@ def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
     except Exception as exc:  # noqa: BLE001 - a bug must fail one file, not the batch
         result.status, result.reason, result.detail = FAILED, "internal_error", f"{type(exc).__name__}: {exc}"
     finally:
-        shutil.rmtree(slot, ignore_errors=True)
+        try:
+            os.rmdir(slot)  # the usual end: the output was moved out, the input read in place
+        except OSError:
+            shutil.rmtree(slot, ignore_errors=True)
         result.wall_seconds = round(time.monotonic() - started, 4)
     if result.status == FAILED and ctx.registry.stopping.is_set() and result.reason in ("ffmpeg_error", "timeout", "corrupt_input", "invalid_output"):
         # killed by our own shutdown: not the file's fault, so a retry must pick it up

@@ -1,0 +1,101 @@
+"""The per-file path does each piece of work once: one rename to store an output, the folder's real path
+resolved once, the item's folder removed without a tree walk (issue 15), and stays as strict as before."""
+import errno
+import os
+
+import pytest
+
+from ffleet import storage
+from ffleet.storage import InvalidKey, LocalStorage, StorageError
+
+
+def _counting(monkeypatch, name):
+    calls = []
+    real = getattr(os, name)
+
+    def counted(*args, **kw):
+        calls.append(args)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(storage.os, name, counted)
+    return calls
+
+
+def test_a_local_store_is_one_rename_on_one_filesystem(tmp_path, monkeypatch):
+    store = LocalStorage(tmp_path / "o")
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 1000)
+    inode = src.stat().st_ino
+    renames = _counting(monkeypatch, "replace")
+    store.store(src, "a/b.bin")
+    assert len(renames) == 1
+    dest = tmp_path / "o/a/b.bin"
+    assert dest.stat().st_ino == inode and not src.exists()  # moved, not copied
+    assert [p.name for p in dest.parent.iterdir()] == ["b.bin"]
+
+
+def test_a_store_across_filesystems_copies_beside_the_output_then_renames(tmp_path, monkeypatch):
+    store = LocalStorage(tmp_path / "o")
+    (tmp_path / "o/a").mkdir(parents=True)
+    (tmp_path / "o/a/b.bin").write_bytes(b"old")
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"new" * 100)
+    real = os.replace
+    seen = []
+
+    def replace(a, b):
+        seen.append((str(a), str(b)))
+        if str(a) == str(src):  # the work folder on another filesystem than the output folder
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(a, b)
+
+    monkeypatch.setattr(storage.os, "replace", replace)
+    store.store(src, "a/b.bin")
+    assert (tmp_path / "o/a/b.bin").read_bytes() == b"new" * 100
+    assert [p.name for p in (tmp_path / "o/a").iterdir()] == ["b.bin"]  # no temp left
+    assert len(seen) == 2 and storage._TMP_MARK in seen[1][0] and seen[1][1].endswith("b.bin")
+
+
+def test_a_failed_store_names_the_output_and_leaves_no_temp(tmp_path):
+    store = LocalStorage(tmp_path / "o")
+    (tmp_path / "o/a/b.bin").mkdir(parents=True)  # a folder where the file should go
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x")
+    with pytest.raises(StorageError, match="b.bin"):
+        store.store(src, "a/b.bin")
+    assert [p.name for p in (tmp_path / "o/a").iterdir()] == ["b.bin"]
+
+
+def test_the_folder_is_resolved_once_and_symlinks_out_of_it_are_still_refused(tmp_path, monkeypatch):
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub/a.wav").write_bytes(b"x")
+    (tmp_path / "outside.wav").write_bytes(b"y")
+    (root / "escape.wav").symlink_to(tmp_path / "outside.wav")
+    store = LocalStorage(root)
+    resolved = []
+    real = storage.Path.resolve
+
+    def resolve(self, *a, **kw):
+        resolved.append(str(self))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(storage.Path, "resolve", resolve)
+    for _ in range(3):
+        assert store.readable_path("sub/a.wav", tmp_path / "unused")[1] == 1
+    assert resolved.count(str(root)) == 1
+    with pytest.raises(InvalidKey, match="resolves outside"):
+        store.readable_path("escape.wav", tmp_path / "unused")
+
+
+def test_a_folder_made_after_the_first_look_is_resolved_again(tmp_path):
+    real_out = tmp_path / "real-out"
+    real_out.mkdir()
+    link = tmp_path / "out"
+    store = LocalStorage(link)
+    assert store.exists("a.wav") is False  # the folder is not there yet
+    link.symlink_to(real_out)  # now it is: a symlink to a folder
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x")
+    store.store(src, "a.wav")  # resolved against the folder as it is now, not as it was
+    assert (real_out / "a.wav").read_bytes() == b"x"
