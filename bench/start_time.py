@@ -65,6 +65,22 @@ def first_exec_ms(src: Path, request: Path, wrapper: Path, stamp: Path, env: dic
     return (float(when) - started) * 1000, int(cpu_ns) / 1e6
 
 
+def stamping_helper(wrapper: Path, stamp: Path) -> Path:
+    """Write the wrapper that stamps the time and ffleet's CPU before it execs the sandbox helper."""
+    helper = helper_path()
+    if helper is None:
+        raise SystemExit("no sandbox helper (ffleet-sandbox) here to stamp: see `python -m ffleet.sandbox --build`")
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    # bash builtins only (no fork): the time, and the CPU ffleet's threads have used so far (schedstat, ns).
+    # Paths are written in: ffleet gives the helper none of its environment.
+    wrapper.write_text(
+        '#!/bin/bash\nif [ "$1" != --probe ]; then\n  cpu=0\n'
+        '  for f in /proc/$PPID/task/*/schedstat; do read -r ns _ < "$f"; cpu=$((cpu + ns)); done\n'
+        f'  echo "$EPOCHREALTIME $cpu" >> {stamp}\nfi\nexec {helper} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 def floor_ms() -> float:
     started = time.time()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
@@ -80,20 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 
     wd = args.workdir
     bins = find_binaries()
-    helper = helper_path()
-    if helper is None:
-        parser.error("no sandbox helper (ffleet-sandbox) here to stamp: see `python -m ffleet.sandbox --build`")
     args.old = args.old or branch_point()
-    wrapper = wd / "helper-stamp"
     stamp = wd / "stamp"
-    wd.mkdir(parents=True, exist_ok=True)
-    # bash builtins only (no fork): the time, and the CPU ffleet's threads have used so far (schedstat, ns).
-    # Paths are written in: ffleet gives the helper none of its environment.
-    wrapper.write_text(
-        '#!/bin/bash\nif [ "$1" != --probe ]; then\n  cpu=0\n'
-        '  for f in /proc/$PPID/task/*/schedstat; do read -r ns _ < "$f"; cpu=$((cpu + ns)); done\n'
-        f'  echo "$EPOCHREALTIME $cpu" >> {stamp}\nfi\nexec {helper} "$@"\n')
-    wrapper.chmod(0o755)
+    wrapper = stamping_helper(wd / "helper-stamp", stamp)
     same_binaries = {"FFLEET_FFMPEG": bins.ffmpeg, "FFLEET_FFPROBE": bins.ffprobe}
     (wd / "in").mkdir(exist_ok=True)
     if not (wd / "in" / "a.wav").exists():
