@@ -99,3 +99,31 @@ def test_a_folder_made_after_the_first_look_is_resolved_again(tmp_path):
     src.write_bytes(b"x")
     store.store(src, "a.wav")  # resolved against the folder as it is now, not as it was
     assert (real_out / "a.wav").read_bytes() == b"x"
+
+
+def _has_interpreter(path) -> bool:
+    """Whether an ELF executable names a dynamic loader (a PT_INTERP program header)."""
+    import struct
+
+    data = open(path, "rb").read()
+    assert data[:4] == b"\x7fELF" and data[4] == 2  # 64-bit
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    return any(struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 3 for i in range(phnum))
+
+
+def test_the_sandbox_helper_is_linked_statically_where_libc_allows(tmp_path):
+    import shutil
+    import subprocess
+
+    from ffleet import sandbox
+
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler")
+    libc_a = subprocess.run([cc, "-print-file-name=libc.a"], capture_output=True, text=True).stdout.strip()
+    built = sandbox.build_helper(tmp_path / "helper")
+    assert _has_interpreter("/bin/sh")  # the check can tell a dynamic executable
+    if not os.path.isabs(libc_a):
+        pytest.skip("no static C library here: the helper is linked dynamically")
+    assert not _has_interpreter(built)
