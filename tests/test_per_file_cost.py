@@ -127,3 +127,25 @@ def test_the_sandbox_helper_is_linked_statically_where_libc_allows(tmp_path):
     if not os.path.isabs(libc_a):
         pytest.skip("no static C library here: the helper is linked dynamically")
     assert not _has_interpreter(built)
+
+
+def test_a_process_is_waited_for_without_a_timer_thread_and_still_killed_at_its_timeout(monkeypatch):
+    import sys
+    import threading
+
+    from ffleet import ffmpeg
+
+    if ffmpeg._pidfd(os.getpid()) is None:
+        pytest.skip("no pidfd_open here (Linux 5.3+): the timer thread is the fallback")
+    started = []
+    real_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self), real_start(self)))
+    ok = ffmpeg.run_process([sys.executable, "-c", "pass"], timeout=60)
+    assert ok.returncode == 0 and not ok.timed_out and ok.cpu_seconds > 0
+    hung = ffmpeg.run_process([sys.executable, "-c", "import time; time.sleep(60)"], timeout=0.5)
+    assert hung.timed_out and hung.returncode == -9
+    assert started == []
+    # ffprobe's path reads its stdout to the end: a timer kills it there
+    probe = ffmpeg.run_process([sys.executable, "-c", "import time; print(1, flush=True); time.sleep(60)"],
+                               timeout=0.5, capture_stdout=True)
+    assert probe.timed_out and len(started) == 1
