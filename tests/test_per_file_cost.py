@@ -23,15 +23,19 @@ def _counting(monkeypatch, name):
 
 def test_a_local_store_is_one_rename_on_one_filesystem(tmp_path, monkeypatch):
     store = LocalStorage(tmp_path / "o")
+    first = tmp_path / "first.bin"
+    first.write_bytes(b"1")
+    store.store(first, "a/first.bin")  # makes the folder a/
     src = tmp_path / "src.bin"
     src.write_bytes(b"x" * 1000)
     inode = src.stat().st_ino
-    renames = _counting(monkeypatch, "replace")
+    renames, mkdirs = _counting(monkeypatch, "replace"), _counting(monkeypatch, "mkdir")
     store.store(src, "a/b.bin")
-    assert len(renames) == 1
+    assert len(renames) == 1 and mkdirs == []
     dest = tmp_path / "o/a/b.bin"
     assert dest.stat().st_ino == inode and not src.exists()  # moved, not copied
-    assert [p.name for p in dest.parent.iterdir()] == ["b.bin"]
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["b.bin", "first.bin"]
+    assert (tmp_path / "o/a/first.bin").read_bytes() == b"1"
 
 
 def test_a_store_across_filesystems_copies_beside_the_output_then_renames(tmp_path, monkeypatch):

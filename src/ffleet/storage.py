@@ -230,14 +230,18 @@ class LocalStorage:
         dest = self._path(key)
         tmp = None
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.replace(src, dest)  # same filesystem: one atomic rename, no copy
+                try:
+                    os.replace(src, dest)  # same filesystem: one atomic rename, no copy
+                except FileNotFoundError:  # the first output in its folder (a missing src fails again)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(src, dest)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
                 # another filesystem: a copy beside dest, then a rename; a reader sees the old file
                 # or the whole new one. The temp name must fit where dest's does (255 bytes).
+                dest.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dest.with_name(f"{_TMP_MARK}{uuid.uuid4().hex}")
                 shutil.copyfile(src, tmp)
                 os.replace(tmp, dest)
