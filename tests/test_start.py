@@ -13,16 +13,21 @@ from ffleet.demo import make_tone
 # about to start, and at the end of the run.
 _PROBE = """
 import json, sys
-from ffleet import worker
+from ffleet import runner, worker
 seen = {}
 real = worker.run_process
 def first(*args, **kw):
     seen.setdefault("first_ffmpeg", sorted(sys.modules))
     return real(*args, **kw)
 worker.run_process = first
+real_items = runner.run_items
+def items(*args, **kw):
+    seen.setdefault("pool", sorted(sys.modules))
+    return real_items(*args, **kw)
+runner.run_items = items
 from ffleet.cli import main
 code = main(sys.argv[1:])
-print(json.dumps({"code": code, "first_ffmpeg": seen.get("first_ffmpeg"), "end": sorted(sys.modules)}), file=sys.stderr)
+print(json.dumps({"code": code, **seen, "end": sorted(sys.modules)}), file=sys.stderr)
 """
 
 # Needed by a run that reads S3, draws a progress bar or measures quality; a plain local run pays
@@ -57,6 +62,14 @@ def test_a_local_run_imports_no_aws_progress_or_quality_code_before_its_first_ff
     assert not loaded & set(NOT_AT_START), sorted(loaded & set(NOT_AT_START))
     # nor at all, for a local run without a progress bar
     assert not {"boto3", "botocore", "rich"} & set(report["end"])
+
+
+def test_the_progress_bar_is_drawn_once_the_first_files_are_in_the_pool(tmp_path):
+    # rich costs ~75 ms of CPU to import: with the bar on (the default), that runs beside the first
+    # FFmpegs. (Whether the first FFmpeg or the import comes first is up to the threads.)
+    report = _modules(tmp_path, _request(tmp_path))
+    assert "rich" not in report["pool"] and "ffleet.worker" in report["pool"]
+    assert "rich" in report["end"]
 
 
 @pytest.mark.parametrize("extra,flags,needed", [

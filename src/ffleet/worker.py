@@ -388,13 +388,15 @@ def run_items(
     items: Iterable[ListedObject],
     workers: int | None = None,
     on_result: Callable[[ItemResult], None] | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> Iterator[ItemResult]:
     """Process items with `workers` FFmpeg processes at once; yields results as they finish.
 
     Threads drive the pool: each one spends its time waiting on an FFmpeg child process (the GIL is
     released), so threads give one FFmpeg per CPU without pickling or forking per file. At most
     2 x workers items are in flight, so memory does not grow with the batch size. After
-    ctx.registry.stop_all() every remaining item is yielded as not_done.
+    ctx.registry.stop_all() every remaining item is yielded as not_done. `on_started()` is called once
+    the first files have been handed to the pool, before the first result.
     """
     workers = workers or default_workers()
     iterator = iter(items)
@@ -429,6 +431,8 @@ def run_items(
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ffleet") as pool:
             while len(in_flight) < 2 * workers and submit_next(pool):
                 pass
+            if on_started:
+                on_started()
             while in_flight:
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for fut in done:
