@@ -153,3 +153,24 @@ def test_a_process_is_waited_for_without_a_timer_thread_and_still_killed_at_its_
     probe = ffmpeg.run_process([sys.executable, "-c", "import time; print(1, flush=True); time.sleep(60)"],
                                timeout=0.5, capture_stdout=True)
     assert probe.timed_out and len(started) == 1
+
+
+@pytest.mark.parametrize("result", [
+    dict(key="a/b.wav", status="succeeded", output_key="a/b.flac", bytes_in=10, bytes_out=5, duration_in=1.5,
+         duration_out=1.5, sample_rate=48000, channels=1, codec="flac", wall_seconds=0.1, cpu_seconds=0.05),
+    dict(key="x ü.wav", status="failed", reason="corrupt_input", detail="bad\n\"data\"", wall_seconds=0.01),
+    dict(key="q.wav", status="rejected", extra={"audio": {"lufs": -23.0, "peaks": [0.1, 0.2]}, "rejected_for": ["min_lufs"]}),
+])
+def test_a_record_reads_as_before(result):
+    """The record line is what dataclasses.asdict made of it, field for field and in order."""
+    import json
+    from dataclasses import asdict
+
+    from ffleet.results import ItemResult
+
+    r = ItemResult(**result)
+    d = asdict(r)
+    if not d["extra"]:
+        d.pop("extra")
+    assert r.to_json() == json.dumps({k: v for k, v in d.items() if v is not None}, ensure_ascii=False)
+    assert ItemResult.from_dict(json.loads(r.to_json())) == r
