@@ -174,3 +174,31 @@ def test_a_record_reads_as_before(result):
         d.pop("extra")
     assert r.to_json() == json.dumps({k: v for k, v in d.items() if v is not None}, ensure_ascii=False)
     assert ItemResult.from_dict(json.loads(r.to_json())) == r
+
+
+def test_ffmpeg_starts_through_vfork_with_one_exec_before_it(monkeypatch):
+    """No preexec_fn (it makes Python fork instead of vfork) and at most the sandbox helper before FFmpeg."""
+    import subprocess
+    import sys
+
+    from ffleet import ffmpeg, sandbox
+
+    sandbox.sandbox_status()  # the helper's self-test, once per process, before recording
+    seen = []
+    real = subprocess.Popen
+
+    class Recording(real):
+        def __init__(self, args, *a, **kw):
+            seen.append((list(args), kw))
+            super().__init__(args, *a, **kw)
+
+    monkeypatch.setattr(ffmpeg.subprocess, "Popen", Recording)
+    assert ffmpeg.run_process([sys.executable, "-c", "pass"], timeout=60).returncode == 0
+    (argv, kw), = seen
+    assert kw.get("preexec_fn") is None and kw.get("close_fds") is True and not kw.get("pass_fds")
+    before = argv[:argv.index(sys.executable)]
+    helper = sandbox.helper_path()
+    if helper:
+        assert before[0] == helper and before[-1] == "--" and helper not in before[1:]
+    else:
+        assert len(before) <= 4  # setpriv --pdeathsig KILL --, or nothing
