@@ -52,12 +52,14 @@ def compiled(src: Path) -> Path:
     return src
 
 
-def first_exec_ms(src: Path, request: Path, wrapper: Path, stamp: Path, env: dict[str, str]) -> tuple[float, float]:
+def first_exec_ms(src: Path, request: Path, wrapper: Path, stamp: Path, env: dict[str, str],
+                  progress: bool = False) -> tuple[float, float]:
     """(wall ms, ffleet's CPU ms) from spawning `ffleet run` to its first FFmpeg."""
     stamp.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(src), FFLEET_SANDBOX_HELPER=str(wrapper), **env)
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "ffleet.cli", "run", str(request), "--no-progress", "--json", "--workers", "1"],
+    flags = [] if progress else ["--no-progress"]
+    proc = subprocess.run([sys.executable, "-m", "ffleet.cli", "run", str(request), *flags, "--json", "--workers", "1"],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"ffleet run ({src}) exited {proc.returncode}: {proc.stderr[-1500:]} {proc.stdout[-1500:]}")
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", default=None, help="git ref of the tree to compare with (default: where this branch left main)")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--progress", action="store_true", help="with the progress bar on, as a user runs `ffleet run`")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ffleet-bench-start")
     args = parser.parse_args(argv)
 
@@ -115,14 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     for rnd in range(args.rounds + 1):  # round 0 warms the page cache
         order = list(trees) if rnd % 2 else list(trees)[::-1]
         for name in order:
-            ms, cpu_ms = first_exec_ms(trees[name], request, wrapper, stamp, same_binaries)
+            ms, cpu_ms = first_exec_ms(trees[name], request, wrapper, stamp, same_binaries, args.progress)
             if rnd:
                 times[name].append(ms)
                 cpus[name].append(cpu_ms)
         ms = floor_ms()
         if rnd:
             times["python -c pass"].append(ms)
-    print(f"from spawning `ffleet run` to its first FFmpeg running, {args.rounds} rounds (load {os.getloadavg()[0]:.1f}):")
+    print(f"from spawning `ffleet run{'' if args.progress else ' --no-progress'}` to its first FFmpeg running, "
+          f"{args.rounds} rounds (load {os.getloadavg()[0]:.1f}):")
     print(f"  {'':20} {'wall ms: median':>16} {'min':>6} {'max':>6}   {'ffleet CPU ms: median':>22} {'min':>6} {'max':>6}")
     for name, values in times.items():
         c = cpus.get(name)
