@@ -7,12 +7,15 @@ Two corpora, each converted by every way in every round (the order rotates), wit
   flac: run_bench.py's corpus (100 files of 30-60 s; wav, mp3, flac, opus, m4a), `-ac 1 -ar 48000 -c:a flac`;
         target: >= 0.98
 Ways: xargs (`xargs -0 -P N -I{} ffmpeg ...`), ffleet (this tree, a new `ffleet run` process as a user
-runs it), ffleet_ffprobe (this tree with FFLEET_VERIFY=ffprobe: the output read back by a second
-process, as before) and, with --old REF, ffleet_old (`git archive REF src`).
+runs it, FFLEET_VERIFY unset: the default verifier), ffleet_pyav (this tree with FFLEET_VERIFY=pyav: the
+output read back in ffleet's process, no second process per file) and, with --old REF, ffleet_old
+(`git archive REF src`, default verifier).
 Printed per corpus: median wall and CPU seconds with their spread, the speed ratio xargs/ffleet
 (median of the per-round ratios: each round's runs are neighbours in time, which matters on a shared
 machine), and ffleet's own CPU per file: (ffleet's CPU - xargs' CPU) / files, everything but FFmpeg's
 conversion (Python start, imports, bookkeeping, verification, the exec prefix). Target: <= 3 ms.
+Then, in the same run: the time from spawning `ffleet run` to its first FFmpeg (bench/start_time.py's
+measurement, one sample per tree per round, interleaved with the conversions). Target: < 100 ms.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from run_bench import children_cpu, make_bench_corpus  # noqa: E402
+from start_time import first_exec_ms, stamping_helper  # noqa: E402
 
 from ffleet.demo import make_tone  # noqa: E402
 from ffleet.ffmpeg import find_binaries  # noqa: E402
@@ -42,6 +46,7 @@ CORPORA = {
     "flac": (["-ac", "1", "-ar", "48000", "-c:a", "flac"], ".flac", 0.98),
 }
 CPU_TARGET_MS = 3.0
+START_TARGET_MS = 100.0
 
 
 def make_wav_corpus(folder: Path, count: int) -> list[Path]:
@@ -110,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="default: usable CPUs")
     parser.add_argument("--old", default=None, help="also run `git archive OLD src` as ffleet_old ('base': where this branch left main)")
     parser.add_argument("--only", choices=list(CORPORA), help="one corpus only")
-    parser.add_argument("--no-ffprobe-way", action="store_true", help="skip ffleet_ffprobe")
+    parser.add_argument("--no-pyav-way", action="store_true", help="skip ffleet_pyav")
+    parser.add_argument("--no-start", action="store_true", help="skip the start -> first FFmpeg samples")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ffleet-bench")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
@@ -131,6 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ffmpeg: {bins.ffmpeg}; workers: {args.workers}; rounds: {args.rounds} (+1 warm-up); "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     all_met = True
+    # start -> first FFmpeg: one 1 s file, stamped by a wrapper around the sandbox helper (start_time.py)
+    starts = {name: {"wall_ms": [], "cpu_ms": []} for name in trees}
+    if not args.no_start:
+        (wd / "start-in").mkdir(exist_ok=True)
+        if not (wd / "start-in" / "a.wav").exists():
+            make_tone(wd / "start-in" / "a.wav", 1.0)
+        start_request = wd / "start-job.json"
+        start_request.write_text(json.dumps({
+            "name": "start", "input": {"path": str(wd / "start-in")},
+            "output": {"path": str(wd / "start-out"), "file_options": "-ac 1 -ar 48000", "overwrite": True},
+            "results": {"path": str(wd / "start-results")},
+        }))
+        stamp = wd / "start-stamp"
+        helper_wrapper = stamping_helper(wd / "helper-stamp", stamp)
     for name in ([args.only] if args.only else list(CORPORA)):
         transform, ext, target = CORPORA[name]
         if name == "wav":
@@ -151,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         for tree_name, src in trees.items():
             ways[tree_name] = (lambda s=src, w=tree_name: run_ffleet(
                 s, corpus, out_dir(w), wd / "targets-out" / (w + ".results"), transform, ext, args.workers, wd, same_binaries))
-        if not args.no_ffprobe_way:
-            ways["ffleet_ffprobe"] = lambda: run_ffleet(
-                trees["ffleet"], corpus, out_dir("ffleet_ffprobe"), wd / "targets-out" / "ffleet_ffprobe.results",
-                transform, ext, args.workers, wd, {**same_binaries, "FFLEET_VERIFY": "ffprobe"})
+        if not args.no_pyav_way:
+            ways["ffleet_pyav"] = lambda: run_ffleet(
+                trees["ffleet"], corpus, out_dir("ffleet_pyav"), wd / "targets-out" / "ffleet_pyav.results",
+                transform, ext, args.workers, wd, {**same_binaries, "FFLEET_VERIFY": "pyav"})
         wall = {w: [] for w in ways}
         cpu = {w: [] for w in ways}
         names = list(ways)
@@ -166,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
                 if rnd:
                     wall[way].append(w)
                     cpu[way].append(c)
+            for tree_name, src in ([] if args.no_start else trees.items()):
+                ms, cpu_ms = first_exec_ms(src, start_request, helper_wrapper, stamp, same_binaries)
+                if rnd:
+                    starts[tree_name]["wall_ms"].append(ms)
+                    starts[tree_name]["cpu_ms"].append(cpu_ms)
             print(f"  {'warm-up' if rnd == 0 else f'round {rnd}'}: " + ", ".join(
                 f"{w} {wall[w][-1]:.2f} s" for w in names if rnd and wall[w]), flush=True)
         n = len(files)
@@ -181,14 +206,23 @@ def main(argv: list[str] | None = None) -> int:
             result[way]["own_cpu_ms_per_file_from_medians"] = own_of_medians
             line = (f"  {way:16} speed vs xargs {spread(speed, '{:.3f}')}; "
                     f"own CPU per file {spread(own, '{:.1f}')} ms per round, {own_of_medians:.1f} ms from the medians")
-            if way == "ffleet":
+            if way in ("ffleet", "ffleet_pyav"):
                 met_speed = statistics.median(speed) >= target
                 met_cpu = statistics.median(own) <= CPU_TARGET_MS
-                all_met &= met_speed and met_cpu
+                all_met &= met_speed and met_cpu if way == "ffleet" else True
                 line += (f"   targets: speed >= {target} {'met' if met_speed else 'NOT met'}, "
                          f"CPU <= {CPU_TARGET_MS:g} ms {'met' if met_cpu else 'NOT met'}")
             print(line, flush=True)
         report["corpora"][name] = result
+    if not args.no_start:
+        print(f"\nfrom spawning `ffleet run` to its first FFmpeg running ({len(starts['ffleet']['wall_ms'])} samples per "
+              "tree, taken between the conversions above), ms:")
+        for tree_name, s in starts.items():
+            met = statistics.median(s["wall_ms"]) < START_TARGET_MS
+            print(f"  {tree_name:16} wall {spread(s['wall_ms'], '{:.0f}')}, ffleet's CPU {spread(s['cpu_ms'], '{:.0f}')}"
+                  + (f"   target: < {START_TARGET_MS:g} ms {'met' if met else 'NOT met'}" if tree_name == "ffleet" else ""))
+            all_met &= met if tree_name == "ffleet" else True
+        report["start_to_first_ffmpeg"] = starts
     report["loadavg_at_end"] = list(os.getloadavg())
     print(f"\nload average {report['loadavg_at_start'][0]:.2f} -> {report['loadavg_at_end'][0]:.2f} "
           f"(the machine is shared: read the ratios and the spread, not absolute seconds)")

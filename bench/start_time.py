@@ -1,11 +1,14 @@
 """Benchmark: time from `ffleet run` to its first FFmpeg, for this tree and an older one, side by side.
 
 Run from the repository root:  python bench/start_time.py [--old main] [--rounds 15]
-FFLEET_FFMPEG points at a wrapper that writes bash's $EPOCHREALTIME before it execs the real FFmpeg,
-so the figure runs from just before the `ffleet run` process is spawned to the moment the first
-FFmpeg's process is running (the wrapper's own bash start, about 1 ms, is counted against ffleet).
-The wrapper also sums the CPU time of ffleet's threads from /proc (schedstat): on a shared machine
-that figure moves far less than the wall time.
+FFLEET_SANDBOX_HELPER points at a wrapper that writes bash's $EPOCHREALTIME before it execs the real
+sandbox helper (ffleet-sandbox), which confines and then execs FFmpeg: the figure runs from just before
+the `ffleet run` process is spawned to the moment the process of its first FFmpeg is running (the
+wrapper's own bash start, about 1 ms, is counted against ffleet). The wrapper sits before the helper,
+not before FFmpeg, because the sandbox lets the confined process execute FFmpeg only, with none of
+ffleet's environment, and write only its own work folder. The helper's self-test (`--probe`, once per
+run) is not stamped but is counted. The wrapper also sums the CPU time of ffleet's threads from /proc
+(schedstat): on a shared machine that figure moves far less than the wall time.
 The older tree is `git archive <ref> src` into a temporary folder. Rounds alternate the trees; the
 report gives medians and the spread, and the floor: `python -c pass` in the same interpreter.
 """
@@ -26,6 +29,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from ffleet.demo import make_tone  # noqa: E402
 from ffleet.ffmpeg import find_binaries  # noqa: E402
+from ffleet.sandbox import helper_path  # noqa: E402
 
 
 def old_tree(ref: str, into: Path) -> Path:
@@ -48,17 +52,35 @@ def compiled(src: Path) -> Path:
     return src
 
 
-def first_exec_ms(src: Path, request: Path, wrapper: Path, stamp: Path, ffprobe: str) -> tuple[float, float]:
+def first_exec_ms(src: Path, request: Path, wrapper: Path, stamp: Path, env: dict[str, str],
+                  progress: bool = False) -> tuple[float, float]:
     """(wall ms, ffleet's CPU ms) from spawning `ffleet run` to its first FFmpeg."""
     stamp.unlink(missing_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(src), FFLEET_FFMPEG=str(wrapper), FFLEET_FFPROBE=ffprobe, FFLEET_BENCH_STAMP=str(stamp))
+    env = dict(os.environ, PYTHONPATH=str(src), FFLEET_SANDBOX_HELPER=str(wrapper), **env)
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "ffleet.cli", "run", str(request), "--no-progress", "--json", "--workers", "1"],
+    flags = [] if progress else ["--no-progress"]
+    proc = subprocess.run([sys.executable, "-m", "ffleet.cli", "run", str(request), *flags, "--json", "--workers", "1"],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"ffleet run ({src}) exited {proc.returncode}: {proc.stderr[-1500:]} {proc.stdout[-1500:]}")
     when, cpu_ns = stamp.read_text().split()[:2]
     return (float(when) - started) * 1000, int(cpu_ns) / 1e6
+
+
+def stamping_helper(wrapper: Path, stamp: Path) -> Path:
+    """Write the wrapper that stamps the time and ffleet's CPU before it execs the sandbox helper."""
+    helper = helper_path()
+    if helper is None:
+        raise SystemExit("no sandbox helper (ffleet-sandbox) here to stamp: see `python -m ffleet.sandbox --build`")
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    # bash builtins only (no fork): the time, and the CPU ffleet's threads have used so far (schedstat, ns).
+    # Paths are written in: ffleet gives the helper none of its environment.
+    wrapper.write_text(
+        '#!/bin/bash\nif [ "$1" != --probe ]; then\n  cpu=0\n'
+        '  for f in /proc/$PPID/task/*/schedstat; do read -r ns _ < "$f"; cpu=$((cpu + ns)); done\n'
+        f'  echo "$EPOCHREALTIME $cpu" >> {stamp}\nfi\nexec {helper} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
 
 
 def floor_ms() -> float:
@@ -71,19 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", default=None, help="git ref of the tree to compare with (default: where this branch left main)")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--progress", action="store_true", help="with the progress bar on, as a user runs `ffleet run`")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ffleet-bench-start")
     args = parser.parse_args(argv)
 
     wd = args.workdir
     bins = find_binaries()
     args.old = args.old or branch_point()
-    wrapper = wd / "ffmpeg-stamp"
-    wd.mkdir(parents=True, exist_ok=True)
-    # bash builtins only (no fork): the time, and the CPU ffleet's threads have used so far (schedstat, ns)
-    wrapper.write_text(
-        '#!/bin/bash\ncpu=0\nfor f in /proc/$PPID/task/*/schedstat; do read -r ns _ < "$f"; cpu=$((cpu + ns)); done\n'
-        f'echo "$EPOCHREALTIME $cpu" >> "$FFLEET_BENCH_STAMP"\nexec {bins.ffmpeg} "$@"\n')
-    wrapper.chmod(0o755)
+    stamp = wd / "stamp"
+    wrapper = stamping_helper(wd / "helper-stamp", stamp)
+    same_binaries = {"FFLEET_FFMPEG": bins.ffmpeg, "FFLEET_FFPROBE": bins.ffprobe}
     (wd / "in").mkdir(exist_ok=True)
     if not (wd / "in" / "a.wav").exists():
         make_tone(wd / "in" / "a.wav", 1.0)
@@ -99,14 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     for rnd in range(args.rounds + 1):  # round 0 warms the page cache
         order = list(trees) if rnd % 2 else list(trees)[::-1]
         for name in order:
-            ms, cpu_ms = first_exec_ms(trees[name], request, wrapper, wd / "stamp", bins.ffprobe)
+            ms, cpu_ms = first_exec_ms(trees[name], request, wrapper, stamp, same_binaries, args.progress)
             if rnd:
                 times[name].append(ms)
                 cpus[name].append(cpu_ms)
         ms = floor_ms()
         if rnd:
             times["python -c pass"].append(ms)
-    print(f"from spawning `ffleet run` to its first FFmpeg running, {args.rounds} rounds (load {os.getloadavg()[0]:.1f}):")
+    print(f"from spawning `ffleet run{'' if args.progress else ' --no-progress'}` to its first FFmpeg running, "
+          f"{args.rounds} rounds (load {os.getloadavg()[0]:.1f}):")
     print(f"  {'':20} {'wall ms: median':>16} {'min':>6} {'max':>6}   {'ffleet CPU ms: median':>22} {'min':>6} {'max':>6}")
     for name, values in times.items():
         c = cpus.get(name)

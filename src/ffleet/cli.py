@@ -56,31 +56,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _progress_bar(enabled: bool):
-    """A rich progress bar on stderr; returns (callback, close)."""
+    """A rich progress bar on stderr, made on the first call (rich is imported then); returns (callback, close)."""
     if not enabled:
         return None, lambda: None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("[bold]ffleet"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
-    )
     state: dict = {}
 
     def callback(total, result):
         if "task" not in state:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            state["bar"] = bar = Progress(
+                TextColumn("[bold]ffleet"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            )
             bar.start()
             state["task"] = bar.add_task("files", total=total, failed=0)
             state["failed"] = 0
         if result is not None:
             if result.status in ("failed", "not_done"):
                 state["failed"] += 1
-            bar.update(state["task"], advance=1, failed=state["failed"])
+            state["bar"].update(state["task"], advance=1, failed=state["failed"])
 
     def close():
         if "task" in state:
-            bar.stop()
+            state["bar"].stop()
 
     return callback, close
 

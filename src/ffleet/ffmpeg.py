@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -88,6 +89,14 @@ class ProcessRegistry:
                 _kill(proc)
 
 
+def _pidfd(pid: int) -> int | None:
+    """A file descriptor that becomes readable when the process exits (Linux 5.3+), else None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux, an older kernel, or a seccomp filter refusing it
+        return None
+
+
 def _kill(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # the whole group: ffmpeg may have children (e.g. hwaccel helpers)
@@ -131,23 +140,37 @@ def run_process(
             if registry.stopping.is_set():
                 _kill(proc)
         timed_out = threading.Event()
-
-        def on_timeout() -> None:
-            timed_out.set()
-            _kill(proc)
-
-        timer = threading.Timer(timeout, on_timeout)
-        timer.daemon = True
-        timer.start()
         stdout = b""
         try:
-            if capture_stdout:
-                stdout = proc.stdout.read()  # ffprobe's JSON is small
-                proc.stdout.close()
-            _, status, usage = os.wait4(proc.pid, 0)
+            pidfd = None if capture_stdout else _pidfd(proc.pid)
+            if pidfd is not None:
+                # the usual case: the timeout is waited for in this thread, not by a timer thread per file
+                try:
+                    poller = select.poll()
+                    poller.register(pidfd, select.POLLIN)  # readable once the process has exited
+                    if not poller.poll(max(0, int(timeout * 1000))):
+                        timed_out.set()
+                        _kill(proc)
+                finally:
+                    os.close(pidfd)
+                _, status, usage = os.wait4(proc.pid, 0)
+            else:
+                def on_timeout() -> None:
+                    timed_out.set()
+                    _kill(proc)
+
+                timer = threading.Timer(timeout, on_timeout)
+                timer.daemon = True
+                timer.start()
+                try:
+                    if capture_stdout:
+                        stdout = proc.stdout.read()  # ffprobe's JSON is small
+                        proc.stdout.close()
+                    _, status, usage = os.wait4(proc.pid, 0)
+                finally:
+                    timer.cancel()
             proc.returncode = os.waitstatus_to_exitcode(status)
         finally:
-            timer.cancel()
             if registry is not None:
                 registry.discard(proc)
         err_file.seek(0, os.SEEK_END)

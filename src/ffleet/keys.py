@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import posixpath
-import sqlite3
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -48,6 +47,8 @@ class OutputClaims:
     """
 
     def __init__(self, folder: Path):
+        import sqlite3  # here: a run whose keys cannot collide never needs it, and pays for it at start
+
         folder.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(folder / "output-claims.sqlite"), check_same_thread=False)
         self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"

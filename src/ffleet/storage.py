@@ -122,6 +122,17 @@ class LocalStorage:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._real_root: Path | None = None
+
+    def _resolved_root(self) -> Path:
+        """The folder's real path, resolved once it exists (every file's key is checked against it:
+        resolving it again for each of them cost a stat of every component of the folder's path)."""
+        if self._real_root is not None:
+            return self._real_root
+        real = self.root.resolve()
+        if real.is_dir():  # before the folder is made, a path resolved now could change when it is
+            self._real_root = real
+        return real
 
     def key_problem(self, key: str) -> str | None:
         return local_key_problem(key)
@@ -148,7 +159,7 @@ class LocalStorage:
             p = (self.root / key).resolve()
         except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError on a symlink loop
             raise NotFound(f"{self.uri(key)} names no file (a symlink loop: {exc})") from None
-        root = self.root.resolve()
+        root = self._resolved_root()
         if root not in p.parents:
             raise InvalidKey(f"key {key!r} resolves outside {self.root} (through a symlink)")
         return p
@@ -217,17 +228,26 @@ class LocalStorage:
 
     def store(self, src: Path, key: str, content_type: str | None = None) -> None:
         dest = self._path(key)
-        # the temp name must fit where dest's does: dest's own name may already be 255 bytes long
-        tmp = dest.with_name(f"{_TMP_MARK}{uuid.uuid4().hex}")
+        tmp = None
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.replace(src, tmp)  # same filesystem: no copy
-            except OSError:
+                try:
+                    os.replace(src, dest)  # same filesystem: one atomic rename, no copy
+                except FileNotFoundError:  # the first output in its folder (a missing src fails again)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(src, dest)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                # another filesystem: a copy beside dest, then a rename; a reader sees the old file
+                # or the whole new one. The temp name must fit where dest's does (255 bytes).
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(f"{_TMP_MARK}{uuid.uuid4().hex}")
                 shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)  # atomic: a reader sees the old file or the whole new one
+                os.replace(tmp, dest)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {dest}: {exc.strerror}") from exc
 
     def read_bytes(self, key: str) -> bytes:

@@ -12,9 +12,9 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from ffleet import audio_quality, sandbox, verify
+from ffleet import sandbox, verify
 from ffleet.cpus import cgroup_cpu_limit, usable_cpus  # noqa: F401 - cgroup_cpu_limit is re-exported
 from ffleet.ffmpeg import (
     Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, run_process,
@@ -24,9 +24,12 @@ from ffleet.policy import option_pairs, refused_output_extension
 from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
 from ffleet.sandbox import HELPER_EXIT, Confinement, SandboxRequired, SandboxStatus
+from ffleet.storage import InvalidKey, ListedObject, NotFound, Storage, StorageError, input_storage, output_storage
 from ffleet.verifier import VerifierPool
 from ffleet.verify import MediaInfo, read_media
-from ffleet.storage import InvalidKey, ListedObject, NotFound, Storage, StorageError, input_storage, output_storage
+
+if TYPE_CHECKING:
+    from ffleet.audio_quality import OutputTap
 
 # Messages FFmpeg prints when the input itself is unreadable (rather than the options being wrong).
 _CORRUPT_PATTERNS = re.compile(
@@ -39,6 +42,12 @@ _CORRUPT_PATTERNS = re.compile(
 _NOT_ON_WHITELIST = re.compile(r"^\[(\w+) @ [^\]]+\] Format not on whitelist", re.M)
 _NO_SPACE = re.compile(r"No space left on device", re.I)
 _SANDBOX_REFUSED = re.compile(r"^ffleet-sandbox: ", re.M)
+
+
+def _quality():
+    from ffleet import audio_quality
+
+    return audio_quality
 
 
 def expected_duration(input_duration: float | None, tokens: dict[str, list[str]]) -> float | None:
@@ -119,7 +128,7 @@ class WorkContext:
     # (input, output extension) -> the output options (the user's, -vn added for video into an audio container)
     _outputs: dict[tuple[str, str], list[str]] = field(init=False, default_factory=dict, repr=False)
     # (input, output extension) -> its OutputTap (None: measure the source)
-    _taps: dict[tuple[str, str], audio_quality.OutputTap | None] = field(init=False, default_factory=dict, repr=False)
+    _taps: dict[tuple[str, str], OutputTap | None] = field(init=False, default_factory=dict, repr=False)
     # measuring: a raised -loglevel, and the second output that analyses the source; the same for every file
     _loglevel: list[str] = field(init=False, default_factory=list, repr=False)
     _source_analysis: list[str] = field(init=False, default_factory=list, repr=False)
@@ -145,8 +154,11 @@ class WorkContext:
         # a user's output -f names the muxer: reading the output back needs its demuxer (if FFmpeg has one)
         output_formats = [v for flag, v in option_pairs(self.tokens["output"]) if flag == "-f" and v is not None]
         self.output_guard = input_guard(output_formats)
-        self.measuring = audio_quality.measuring(self.request, self.tokens)
+        # the quality analysis (ffleet.audio_quality) is imported only by a request that measures:
+        # every `ffleet run` pays for each import before its first FFmpeg starts
+        self.measuring = self.request.quality.measuring and _quality().measuring(self.request, self.tokens)
         if self.measuring:
+            audio_quality = _quality()
             self._loglevel = audio_quality.global_args(self.tokens["global"])
             self._source_analysis = audio_quality.analysis_args(self.tokens, self.request.quality.true_peak)
 
@@ -170,7 +182,7 @@ class WorkContext:
             self._outputs[key] = [*out, "-vn"] if adds_no_video(out, dst.suffix, src.suffix) else out
         return self._outputs[key]
 
-    def measure_tap(self, src: Path, dst: Path) -> audio_quality.OutputTap | None:
+    def measure_tap(self, src: Path, dst: Path) -> OutputTap | None:
         """How this file's written audio is measured, or None (not measuring, or measuring the source)."""
         q = self.request.quality
         if not self.measuring or q.measure_at != "output":
@@ -178,7 +190,7 @@ class WorkContext:
         key = (src.suffix.lower(), dst.suffix)
         if key not in self._taps:
             tokens = {**self.tokens, "output": self.output_options(src, dst)}
-            self._taps[key] = audio_quality.output_tap(tokens, dst.suffix, q.true_peak, self.binaries.ffmpeg)
+            self._taps[key] = _quality().output_tap(tokens, dst.suffix, q.true_peak, self.binaries.ffmpeg)
         return self._taps[key]
 
     def ffmpeg_argv(self, src: Path, dst: Path) -> list[str]:
@@ -225,7 +237,10 @@ def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
     except Exception as exc:  # noqa: BLE001 - a bug must fail one file, not the batch
         result.status, result.reason, result.detail = FAILED, "internal_error", f"{type(exc).__name__}: {exc}"
     finally:
-        shutil.rmtree(slot, ignore_errors=True)
+        try:
+            os.rmdir(slot)  # the usual end: the output was moved out, the input read in place
+        except OSError:
+            shutil.rmtree(slot, ignore_errors=True)
         result.wall_seconds = round(time.monotonic() - started, 4)
     if result.status == FAILED and ctx.registry.stopping.is_set() and result.reason in ("ffmpeg_error", "timeout", "corrupt_input", "invalid_output"):
         # killed by our own shutdown: not the file's fault, so a retry must pick it up
@@ -255,7 +270,7 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     dst = slot / ("output" + _temp_suffix(out_key))
     run = run_process(
         ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry,
-        stderr_limit=audio_quality.ANALYSIS_STDERR_LIMIT if ctx.measuring else 64_000,
+        stderr_limit=_quality().ANALYSIS_STDERR_LIMIT if ctx.measuring else 64_000,
         # the kernel keeps FFmpeg to its input and this file's own folder, whatever its options say
         confinement=Confinement(read=(str(src),), write=(str(slot),), max_output_bytes=req.processing.max_output_bytes),
     )
@@ -325,7 +340,7 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     result.bytes_out = dst.stat().st_size
     # 5. Quality: measurements into the record; a file failing a filter ends as rejected.
     result.status = SUCCEEDED
-    if ctx.measuring and not audio_quality.apply_quality(req, run.stderr, result, ctx.measure_tap(src, dst), info):
+    if ctx.measuring and not _quality().apply_quality(req, run.stderr, result, ctx.measure_tap(src, dst), info):
         return
     # 6. Store: atomic for folders (temp + rename), whole-object for S3.
     ctx.output_store.store(dst, out_key)
@@ -386,13 +401,15 @@ def run_items(
     items: Iterable[ListedObject],
     workers: int | None = None,
     on_result: Callable[[ItemResult], None] | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> Iterator[ItemResult]:
     """Process items with `workers` FFmpeg processes at once; yields results as they finish.
 
     Threads drive the pool: each one spends its time waiting on an FFmpeg child process (the GIL is
     released), so threads give one FFmpeg per CPU without pickling or forking per file. At most
     2 x workers items are in flight, so memory does not grow with the batch size. After
-    ctx.registry.stop_all() every remaining item is yielded as not_done.
+    ctx.registry.stop_all() every remaining item is yielded as not_done. `on_started()` is called once
+    the first files have been handed to the pool, before the first result.
     """
     workers = workers or default_workers()
     iterator = iter(items)
@@ -427,6 +444,8 @@ def run_items(
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ffleet") as pool:
             while len(in_flight) < 2 * workers and submit_next(pool):
                 pass
+            if on_started:
+                on_started()
             while in_flight:
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for fut in done:
