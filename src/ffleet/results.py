@@ -51,6 +51,8 @@ class ItemResult:
 
     def to_json(self) -> str:
         d = asdict(self)
+        if "segments" in d["extra"]:  # a segmented input's pieces: a top-level field (docs/contracts.md)
+            d["segments"] = d["extra"].pop("segments")
         if not d["extra"]:
             d.pop("extra")
         return json.dumps({k: v for k, v in d.items() if v is not None}, ensure_ascii=False, sort_keys=False)

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ffleet import audio_quality, sandbox
+from ffleet import audio_quality, sandbox, segments
 from ffleet.cpus import cgroup_cpu_limit, usable_cpus  # noqa: F401 - cgroup_cpu_limit is re-exported
 from ffleet.ffmpeg import (
     Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, run_process,
 )
-from ffleet.keys import OutputClaims, output_key
+from ffleet.keys import OutputClaims, output_key, segment_folder, segment_key
 from ffleet.policy import option_pairs, refused_output_extension
 from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
@@ -114,7 +114,9 @@ class WorkContext:
     tokens: dict[str, list[str]] = field(init=False)
     guard: list[str] = field(init=False)
     output_guard: list[str] = field(init=False)  # the output is read back with an input's protection
-    measuring: bool = field(init=False)
+    measuring: bool = field(init=False)  # the converting run measures (never when segmenting)
+    segmenting: bool = field(init=False)
+    measure_segments: bool = field(init=False)  # each segment is measured after the cut
     # (input, output extension) -> the output options (the user's, -vn added for video into an audio container)
     _outputs: dict[tuple[str, str], list[str]] = field(init=False, default_factory=dict, repr=False)
     # (input, output extension) -> its OutputTap (None: measure the source)
@@ -135,9 +137,13 @@ class WorkContext:
         # a user's output -f names the muxer: reading the output back needs its demuxer (if FFmpeg has one)
         output_formats = [v for flag, v in option_pairs(self.tokens["output"]) if flag == "-f" and v is not None]
         self.output_guard = input_guard(output_formats)
-        self.measuring = audio_quality.measuring(self.request, self.tokens)
-        if self.measuring:
+        measuring = audio_quality.measuring(self.request, self.tokens)
+        self.segmenting = self.request.output.segment is not None
+        # segmenting: the quality of each piece counts, measured from the cut (ffleet.segments)
+        self.measuring, self.measure_segments = measuring and not self.segmenting, measuring and self.segmenting
+        if self.measuring or self.segmenting:  # both read info lines from FFmpeg's log
             self._loglevel = audio_quality.global_args(self.tokens["global"])
+        if self.measuring:
             self._source_analysis = audio_quality.analysis_args(self.tokens, self.request.quality.true_peak)
 
     @classmethod
@@ -176,6 +182,9 @@ class WorkContext:
         head = [self.binaries.ffmpeg, "-hide_banner", "-nostdin", "-nostats", *t["global"]]
         reading = [*t["input"], *self.guard, "-i", str(src)]
         output = self.output_options(src, dst)
+        seg = self.request.output.segment
+        if seg is not None and seg.at_silence:  # the same run finds the pauses to cut at
+            return [*head, *self._loglevel, *reading, *output, "-y", str(dst), *segments.silence_args(output, seg)]
         if not self.measuring:
             return [*head, *reading, *output, "-y", str(dst)]
         # measuring: the same run also analyses the audio (see ffleet.audio_quality)
@@ -226,12 +235,22 @@ def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
 def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, result: ItemResult) -> None:
     req = ctx.request
     # 0. Keys that cannot name one distinct file (or object) where they are read or written.
-    for role, store, key in (("input", ctx.input_store, item.key), ("output", ctx.output_store, out_key)):
+    folder, ext = segment_folder(out_key)
+    written = segment_key(folder, 0, ext) if ctx.segmenting else out_key  # a segment set's longest key
+    for role, store, key in (("input", ctx.input_store, item.key), ("output", ctx.output_store, written)):
         problem = store.key_problem(key)
         if problem:
             raise InvalidKey(f"{role} key {key!r} {problem}")
-    # 1. Skip before any work: re-runs of a 3-million-file job must cost a HEAD per finished file.
-    if not req.output.overwrite and ctx.output_store.exists(out_key):
+    # 1. Skip before any work: re-runs of a 3-million-file job must cost a HEAD per finished file
+    # (a segment set: its marker and a listing of its folder).
+    if ctx.segmenting and not req.output.overwrite:
+        marker = segments.finished(ctx.output_store, out_key, req)
+        if marker is not None:
+            result.output_key = folder
+            segments.describe(result, marker)
+            result.status, result.reason, result.detail = SKIPPED, None, None
+            return
+    elif not req.output.overwrite and ctx.output_store.exists(out_key):
         result.status = SKIPPED
         result.reason = None
         return
@@ -245,7 +264,7 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     dst = slot / ("output" + _temp_suffix(out_key))
     run = run_process(
         ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry,
-        stderr_limit=audio_quality.ANALYSIS_STDERR_LIMIT if ctx.measuring else 64_000,
+        stderr_limit=audio_quality.ANALYSIS_STDERR_LIMIT if ctx.measuring or ctx.segmenting else 64_000,
         # the kernel keeps FFmpeg to its input and this file's own folder, whatever its options say
         confinement=Confinement(read=(str(src),), write=(str(slot),), max_output_bytes=req.processing.max_output_bytes),
     )
@@ -310,6 +329,12 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
         result.reason, result.detail = "invalid_output", problem
         return
     result.bytes_out = dst.stat().st_size
+    if ctx.segmenting:  # 5-6. cut, verify, measure and store each piece instead
+        segments.cut_and_store(
+            request=req, tokens=ctx.tokens, binaries=ctx.binaries, registry=ctx.registry, guard=ctx.output_guard,
+            store=ctx.output_store, slot=slot, dst=dst, out_key=out_key, out=out_read.info, convert_stderr=run.stderr,
+            result=result, measuring=ctx.measure_segments)
+        return
     # 5. Quality: measurements into the record; a file failing a filter ends as rejected.
     result.status = SUCCEEDED
     if ctx.measuring and not audio_quality.apply_quality(req, run.stderr, result, ctx.measure_tap(src, dst), info):
