@@ -79,41 +79,39 @@ class Plan:
 
 
 def plan(total: int, rate: int, silences: list[tuple[float, float]], seg: "SegmentSpec") -> Plan:
-    """Cut `total` samples into pieces of at most max_seconds.
+    """Cut `total` samples into pieces of at most max_seconds (the rule is documented in the README).
 
-    From the start of the remaining audio, the cut goes in the middle of the last pause that starts
-    within max_seconds (at max_seconds, if the pause runs past it), provided the piece before it
-    lasts at least min_seconds; with no such pause (or at_silence false) it goes at max_seconds.
-    Only the last piece can then be shorter than min_seconds: it is merged into the piece before
-    it when the two fit max_seconds, otherwise dropped (as is a whole input shorter than min_seconds).
+    While more than max_seconds remain, the next cut goes in the middle of the last pause that
+    starts within max_seconds (at max_seconds itself if the pause runs past it), skipping pauses
+    that would leave a piece shorter than min_seconds on either side. With no such pause, or with
+    at_silence false, it goes at max_seconds, or earlier if that would leave less than min_seconds
+    after it. A last piece that is still shorter than min_seconds cannot join the piece before it
+    (together they would pass max_seconds) and is dropped, as is a whole input shorter than min_seconds.
     """
-    max_n, min_n = round(seg.max_seconds * rate), round(seg.min_seconds * rate)
+    max_n, min_n = round(seg.max_seconds * rate), max(1, round(seg.min_seconds * rate))
     pauses = sorted((round(a * rate), round(b * rate)) for a, b in silences) if seg.at_silence else []
     starts = [a for a, _ in pauses]
     pieces: list[tuple[int, int]] = []
     pos = 0
     while total - pos > max_n:
         limit = pos + max_n
-        cut = limit
-        for i in range(bisect.bisect_left(starts, limit) - 1, -1, -1):
+        cut = None
+        for i in range(bisect.bisect_right(starts, limit) - 1, -1, -1):
             a, b = pauses[i]
             if a <= pos:
                 break
             middle = min((a + b) // 2, limit)
-            if middle >= pos + max(min_n, 1):
+            if middle - pos >= min_n and total - middle >= min_n:
                 cut = middle
                 break
+        if cut is None:
+            cut = limit if total - limit >= min_n or total - min_n - pos < min_n else total - min_n
         pieces.append((pos, cut))
         pos = cut
     pieces.append((pos, total))
     dropped = []
-    last = pieces[-1]
-    if last[1] - last[0] < min_n:
-        pieces.pop()
-        if pieces and last[1] - pieces[-1][0] <= max_n:
-            pieces[-1] = (pieces[-1][0], last[1])
-        else:
-            dropped.append(last)
+    if pieces[-1][1] - pieces[-1][0] < min_n:
+        dropped.append(pieces.pop())
     return Plan(rate, pieces, dropped)
 
 
@@ -285,8 +283,9 @@ def cut_and_store(*, request: "JobRequest", tokens: dict[str, list[str]], binari
                 result.status, result.reason = FAILED, "timeout" if run.timed_out else "ffmpeg_error"
                 result.detail = "cutting into segments: " + (last_error_lines(run.stderr) or f"ffmpeg exited {run.returncode}")
                 return
-        if not lossless:
-            spans = _copy_spans(pieces_dir, rate)[:len(cut.pieces)]
+        if not lossless:  # where the packets fell: the pieces' spans, and the dropped piece's after them
+            cut_spans = _copy_spans(pieces_dir, rate)
+            spans, cut.dropped = cut_spans[:len(cut.pieces)], cut_spans[len(cut.pieces):] or cut.dropped
     records: list[dict[str, Any]] = []
     problem = _verify_pieces(cut, spans, pieces_dir, ext, guard, binaries, registry, result, records, lossless, out.duration)
     if problem:
