@@ -262,3 +262,14 @@ def test_record_shape_round_trips():
     back = ItemResult.from_dict(line)
     assert back.extra["segments"] == r.extra["segments"]
     assert SummaryBuilder(dataset=False).add_all([back]).summary(wall_seconds=1)["bytes"]["output"] == 3
+
+
+def test_pauses_found_in_the_source_when_the_output_cannot_be_tapped(talk, tmp_path):
+    # an output -ss keeps the analysis off the output's filter chain: silencedetect reads the decoded
+    # input, on the input's timeline, and the pauses move 2 s earlier on the output's
+    root = tmp_path
+    (root / "in").symlink_to(talk / "in")
+    _, records = _run(_request(root, options="-ac 1 -ar 16000 -ss 2"))
+    rec = records["rec/talk.wav"]
+    cuts = [s["start"] for s in rec["segments"]] + [rec["segments"][-1]["end"]]
+    assert cuts == pytest.approx([0, 5.5, 13.75, 25.5, 36, 38], abs=0.05)

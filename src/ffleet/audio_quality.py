@@ -208,9 +208,12 @@ class OutputTap:
 
 
 def output_tap(tokens: dict[str, list[str]], output_ext: str, true_peak: bool = True,
-               ffmpeg: str = "ffmpeg") -> OutputTap | None:
+               ffmpeg: str = "ffmpeg", analysis: str | None = None) -> OutputTap | None:
     """The output-side analysis for these options, or None where it could change the output or measure
     anything but the one audio stream written (the caller then measures the source).
+
+    analysis: the filters the tapped audio goes through (default: analysis_filters; ffleet.segments
+    taps it for silencedetect alone).
 
     The analysis joins the output's own simple filtergraph (-af): the user's chain, then the same
     aformat FFmpeg appends for the output (the encoder's sample formats, rates and layouts, or the
@@ -283,7 +286,7 @@ def output_tap(tokens: dict[str, list[str]], output_ext: str, true_peak: bool = 
     # own conversion). Rendering it as 16-bit makes "at full scale" exact: a sample the conversion
     # pushed past full scale saturates there, as it does in a 16-bit output file.
     graph = (",".join(steps) + ";[ffleet_measure]aresample@ffleet_convert,aformat@ffleet_s16=sample_fmts=s16,"
-             f"{analysis_filters(true_peak)},anullsink")
+             f"{analysis or analysis_filters(true_peak)},anullsink")
     if chain is None:
         args = [*out, "-af", graph]
     else:

@@ -44,10 +44,14 @@ def is_lossless(codec: str | None) -> bool:
 # Where to cut
 
 
+def silence_filter(seg: "SegmentSpec") -> str:
+    return f"silencedetect=noise={seg.silence_db:g}dB:duration={seg.min_silence_seconds:g}"
+
+
 def silence_args(output_tokens: list[str], seg: "SegmentSpec") -> list[str]:
-    """The converting run's second output that finds the pauses (on the decoded input, trimmed as the output)."""
-    return audio_quality.source_output(
-        output_tokens, f"silencedetect=noise={seg.silence_db:g}dB:duration={seg.min_silence_seconds:g}")
+    """Where the output tap cannot be used: the converting run's second output that finds the pauses
+    in the decoded input, trimmed as the output is (several times the samples of a downmix/resample)."""
+    return audio_quality.source_output(output_tokens, silence_filter(seg))
 
 
 def parse_silences(stderr: str, output_tokens: list[str], duration: float) -> list[tuple[float, float]]:

@@ -119,8 +119,8 @@ class WorkContext:
     measure_segments: bool = field(init=False)  # each segment is measured after the cut
     # (input, output extension) -> the output options (the user's, -vn added for video into an audio container)
     _outputs: dict[tuple[str, str], list[str]] = field(init=False, default_factory=dict, repr=False)
-    # (input, output extension) -> its OutputTap (None: measure the source)
-    _taps: dict[tuple[str, str], audio_quality.OutputTap | None] = field(init=False, default_factory=dict, repr=False)
+    # (input, output extension) -> its OutputTap (None: measure the source); ("silence", ...) for segments
+    _taps: dict[tuple[str, ...], audio_quality.OutputTap | None] = field(init=False, default_factory=dict, repr=False)
     # measuring: a raised -loglevel, and the second output that analyses the source; the same for every file
     _loglevel: list[str] = field(init=False, default_factory=list, repr=False)
     _source_analysis: list[str] = field(init=False, default_factory=list, repr=False)
@@ -177,6 +177,15 @@ class WorkContext:
             self._taps[key] = audio_quality.output_tap(tokens, dst.suffix, q.true_peak, self.binaries.ffmpeg)
         return self._taps[key]
 
+    def silence_tap(self, src: Path, dst: Path) -> audio_quality.OutputTap | None:
+        """Segmenting: the output tap that finds the pauses in the audio as written, or None (the source's)."""
+        key = ("silence", src.suffix.lower(), dst.suffix)
+        if key not in self._taps:
+            tokens = {**self.tokens, "output": self.output_options(src, dst)}
+            self._taps[key] = audio_quality.output_tap(tokens, dst.suffix, ffmpeg=self.binaries.ffmpeg,
+                                                       analysis=segments.silence_filter(self.request.output.segment))
+        return self._taps[key]
+
     def ffmpeg_argv(self, src: Path, dst: Path) -> list[str]:
         t = self.tokens
         head = [self.binaries.ffmpeg, "-hide_banner", "-nostdin", "-nostats", *t["global"]]
@@ -184,6 +193,11 @@ class WorkContext:
         output = self.output_options(src, dst)
         seg = self.request.output.segment
         if seg is not None and seg.at_silence:  # the same run finds the pauses to cut at
+            # in the written audio where it can: a 16 kHz mono output has 5.5x fewer samples than
+            # a 44.1 kHz stereo source, and silencedetect costs per sample (bench/segment_cost.py)
+            tap = self.silence_tap(src, dst)
+            if tap is not None:
+                return [*head, *self._loglevel, *reading, *tap.args, "-y", str(dst)]
             return [*head, *self._loglevel, *reading, *output, "-y", str(dst), *segments.silence_args(output, seg)]
         if not self.measuring:
             return [*head, *reading, *output, "-y", str(dst)]
