@@ -273,3 +273,42 @@ def test_pauses_found_in_the_source_when_the_output_cannot_be_tapped(talk, tmp_p
     rec = records["rec/talk.wav"]
     cuts = [s["start"] for s in rec["segments"]] + [rec["segments"][-1]["end"]]
     assert cuts == pytest.approx([0, 5.5, 13.75, 25.5, 36, 38], abs=0.05)
+
+
+def test_cloud_worker_cuts_into_s3_and_rebuilds_there(s3_endpoint, talk):
+    """`ffleet worker` as the container runs it (Debian's FFmpeg 5.1 where installed), against moto S3."""
+    from conftest import run_cli
+    from test_batch_worker import IMAGE_ENV
+
+    client = s3_endpoint
+    for bucket in ("seg-in", "seg-out", "seg-results"):
+        client.create_bucket(Bucket=bucket)
+    body = (talk / "in" / "rec" / "talk.wav").read_bytes()
+    client.put_object(Bucket="seg-in", Key="media/talk.wav", Body=body)
+    request = {"name": "segments-worker", "input": {"s3_bucket": "seg-in", "s3_prefix": "media/"},
+               "output": {"s3_bucket": "seg-out", "s3_prefix": "out/", "extension": ".flac",
+                          "file_options": "-ac 1 -ar 16000", "segment": {"max_seconds": 12}},
+               "quality": {"min_lufs": -30}}
+
+    def run(execution: str) -> dict:  # each run is a new execution (a retried job would report "resumed")
+        batch = {"BatchInput": {"request": request, "results_prefix": f"s3://seg-results/runs/{execution}/",
+                                "batch_id": "b1"}, "Items": [{"Key": "media/talk.wav", "Size": len(body)}]}
+        proc = run_cli("worker", env={**IMAGE_ENV, "FFLEET_BATCH_JSON": json.dumps(batch), "FFLEET_WORKERS": "1"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        text = client.get_object(Bucket="seg-results", Key=f"runs/{execution}/records/b1.jsonl")["Body"].read().decode()
+        return json.loads(text.splitlines()[0])
+
+    def stored() -> set[str]:
+        return {o["Key"] for o in client.list_objects_v2(Bucket="seg-out").get("Contents", [])}
+
+    rec = run("exec-1")
+    pieces = {f"out/media/talk/{i:05d}.flac" for i in range(5)}
+    assert rec["status"] == SUCCEEDED and {s["key"] for s in rec["segments"]} == pieces
+    assert all(s["audio"]["lufs"] > -30 and "rejected_for" not in s for s in rec["segments"])
+    assert stored() == pieces | {"out/media/talk/" + MARKER_NAME}
+    assert run("exec-2")["status"] == SKIPPED
+    # a stale piece from some earlier set, and one piece gone: rebuilt whole, the stale piece removed
+    client.put_object(Bucket="seg-out", Key="out/media/talk/00009.flac", Body=b"stale")
+    client.delete_object(Bucket="seg-out", Key="out/media/talk/00001.flac")
+    assert run("exec-3")["status"] == SUCCEEDED
+    assert stored() == pieces | {"out/media/talk/" + MARKER_NAME}
