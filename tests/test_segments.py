@@ -312,3 +312,22 @@ def test_cloud_worker_cuts_into_s3_and_rebuilds_there(s3_endpoint, talk):
     client.delete_object(Bucket="seg-out", Key="out/media/talk/00001.flac")
     assert run("exec-3")["status"] == SUCCEEDED
     assert stored() == pieces | {"out/media/talk/" + MARKER_NAME}
+
+
+def test_the_dataset_card_counts_pieces():
+    from ffleet.dataset import DatasetCardBuilder
+
+    pieces = [{"index": 0, "key": "a/00000.flac", "start": 0.0, "end": 25.0, "duration": 25.0, "bytes_out": 9,
+               "audio": {"lufs": -20.0, "measured_at": "output"}},
+              {"index": 1, "key": "a/00001.flac", "start": 25.0, "end": 28.0, "duration": 3.0,
+               "audio": {"lufs": -50.0, "measured_at": "output"}, "rejected_for": ["too_quiet"]}]
+    r = ItemResult(key="a.wav", status=SUCCEEDED, output_key="a/", duration_in=28.0, duration_out=25.0,
+                   sample_rate=16000, codec="flac", extra={"segments": pieces})
+    card = DatasetCardBuilder()
+    card.add(r)
+    c = card.card()
+    assert c["files"] == {"kept": 1, "rejected": 1, "measured": 2}
+    assert c["rejected_by_reason"] == {"too_quiet": 1}
+    hist = c["histograms"]["duration_seconds"]
+    assert hist["kept"][hist["bins"].index("20-30 s")] == 1 and hist["rejected"][hist["bins"].index("2-5 s")] == 1
+    assert c["hours"]["input"] == pytest.approx(28 / 3600, abs=1e-4)
