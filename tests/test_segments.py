@@ -331,3 +331,20 @@ def test_the_dataset_card_counts_pieces():
     hist = c["histograms"]["duration_seconds"]
     assert hist["kept"][hist["bins"].index("20-30 s")] == 1 and hist["rejected"][hist["bins"].index("2-5 s")] == 1
     assert c["hours"]["input"] == pytest.approx(28 / 3600, abs=1e-4)
+
+
+def test_long_recordings_are_cut_in_several_runs(talk, tmp_path, monkeypatch):
+    # PIECES_PER_RUN bounds a run's open files; 2 makes the 5 pieces take 3 cutting and 3 measuring runs
+    import ffleet.segments
+
+    monkeypatch.setattr(ffleet.segments, "PIECES_PER_RUN", 2)
+    root = tmp_path
+    (root / "in").symlink_to(talk / "in")
+    _, records = _run(_request(root, quality={"measure": True}))
+    rec = records["rec/talk.wav"]
+    keys = [s["key"] for s in rec["segments"]]
+    assert len(keys) == 5 and b"".join(_pcm(root / "out" / k) for k in keys) == _pcm(talk / "in" / "rec" / "talk.wav")
+    for s in rec["segments"]:  # each piece measured by its own chain: its own length and silence
+        assert s["audio"]["duration"] == pytest.approx(s["duration"], abs=1e-3)
+        assert s["audio"]["lufs"] == pytest.approx(-13.5, abs=1.0)
+    assert [s["audio"]["silence_seconds"] for s in rec["segments"]] == pytest.approx([0.5, 1.25, 1.25, 0.5, 0], abs=0.05)
