@@ -348,3 +348,20 @@ def test_long_recordings_are_cut_in_several_runs(talk, tmp_path, monkeypatch):
         assert s["audio"]["duration"] == pytest.approx(s["duration"], abs=1e-3)
         assert s["audio"]["lufs"] == pytest.approx(-13.5, abs=1.0)
     assert [s["audio"]["silence_seconds"] for s in rec["segments"]] == pytest.approx([0.5, 1.25, 1.25, 0.5, 0], abs=0.05)
+
+
+def test_pieces_are_encoded_with_the_users_encoder_options(talk, tmp_path):
+    sizes = {}
+    for level in (0, 12):
+        root = tmp_path / str(level)
+        root.mkdir()
+        (root / "in").symlink_to(talk / "in")
+        _, records = _run(_request(root, options=f"-ac 1 -ar 16000 -compression_level {level} -af volume=0.5"))
+        rec = records["rec/talk.wav"]
+        sizes[level] = rec["bytes_out"]
+        # the -af acted once, on the whole output: the pieces hold its samples, not halved again
+        whole = _pcm(talk / "in" / "rec" / "talk.wav")
+        pieces = b"".join(_pcm(root / "out" / s["key"]) for s in rec["segments"])
+        assert len(pieces) == len(whole) and pieces != whole
+        assert max(abs(int.from_bytes(pieces[i:i + 2], "little", signed=True)) for i in range(0, 64000, 2)) > 4000
+    assert sizes[12] < sizes[0]  # FLAC's -compression_level reached the pieces' encoder

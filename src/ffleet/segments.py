@@ -145,14 +145,32 @@ def _muxer(output_tokens: list[str]) -> list[str]:
     return ["-f", fmt] if fmt else []
 
 
-def cut_lossless_argv(ffmpeg: str, guard: list[str], dst: Path, codec: str, muxer: list[str], spans: list[tuple[int, int]],
-                      total: int, first: int, folder: Path, ext: str) -> list[str]:
+# Output options that already acted on the audio the whole output holds (filters, timing, stream
+# selection, rate and layout), or that name the codec: not given again when a piece is encoded.
+_APPLIED = {"-af", "-filter", "-filter_complex", "-lavfi", "-ss", "-t", "-to", "-sseof", "-map", "-frames", "-aframes",
+            "-vframes", "-shortest", "-apad", "-async", "-ar", "-ac", "-ch_layout", "-channel_layout", "-c", "-codec",
+            "-acodec", "-f"}
+
+
+def encoder_options(output_tokens: list[str]) -> list[str]:
+    """The user's output options a lossless piece is encoded with: the encoder's own (FLAC's
+    -compression_level, -sample_fmt, metadata, ...), so a piece is encoded as the whole output was."""
+    kept: list[str] = []
+    for flag, value in option_pairs(output_tokens):
+        if flag.split(":", 1)[0] not in _APPLIED:
+            kept += [flag] if value is None else [flag, value]
+    return kept
+
+
+def cut_lossless_argv(ffmpeg: str, guard: list[str], dst: Path, codec: str, output_tokens: list[str],
+                      spans: list[tuple[int, int]], total: int, first: int, folder: Path, ext: str) -> list[str]:
     """One FFmpeg that decodes the output once and writes each span as its own file, cut at its exact samples."""
     graph, labels, rest = _split_graph(spans, total, "[0:a]")
     graph += "".join(f";{label}anullsink" for label in rest)
     argv = [ffmpeg, "-hide_banner", "-nostdin", "-nostats", *guard, "-i", str(dst), "-filter_complex", graph]
+    encode = [*encoder_options(output_tokens), "-c:a", codec, *_muxer(output_tokens)]
     for i, label in enumerate(labels):
-        argv += ["-map", label, "-c:a", codec, *muxer, "-y", str(folder / f"{first + i:0{SEGMENT_DIGITS}d}{ext}")]
+        argv += ["-map", label, *encode, "-y", str(folder / f"{first + i:0{SEGMENT_DIGITS}d}{ext}")]
     return argv
 
 
@@ -275,7 +293,7 @@ def cut_and_store(*, request: "JobRequest", tokens: dict[str, list[str]], binari
     spans = cut.pieces
     if cut.pieces:
         if lossless:
-            runs = [cut_lossless_argv(binaries.ffmpeg, guard, dst, out.codec, _muxer(tokens["output"]),
+            runs = [cut_lossless_argv(binaries.ffmpeg, guard, dst, out.codec, tokens["output"],
                                       spans[g.start:g.stop], total, g.start, pieces_dir, ext) for g in _groups(len(spans))]
         else:
             times = [start / rate for start, _ in spans[1:]] + [d[0] / rate for d in cut.dropped]
