@@ -365,3 +365,16 @@ def test_pieces_are_encoded_with_the_users_encoder_options(talk, tmp_path):
         assert len(pieces) == len(whole) and pieces != whole
         assert max(abs(int.from_bytes(pieces[i:i + 2], "little", signed=True)) for i in range(0, 64000, 2)) > 4000
     assert sizes[12] < sizes[0]  # FLAC's -compression_level reached the pieces' encoder
+
+
+def test_pieces_are_read_back_in_one_ffmpeg(tmp_path):
+    from ffleet.ffmpeg import ProcessRegistry, input_guard
+    from ffleet.segments import read_pieces
+
+    paths = [_make(tmp_path, f"{i:05d}.wav", "0.1*sin(2*PI*440*t)", seconds) for i, seconds in enumerate((1.5, 2.25))]
+    bad = tmp_path / "00002.wav"
+    bad.write_bytes(b"RIFF" + b"\x00" * 100)
+    infos, cpu = read_pieces([*paths, bad], input_guard([]), find_binaries(), ProcessRegistry(), timeout=60)
+    assert [i.duration for i in infos[:2]] == [1.5, 2.25] and all(i.has_audio for i in infos[:2])
+    assert infos[1].sample_rate == RATE and infos[1].channels == 1
+    assert infos[2] is None and cpu > 0
