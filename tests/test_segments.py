@@ -296,21 +296,23 @@ def test_cloud_worker_cuts_into_s3_and_rebuilds_there(s3_endpoint, talk):
         proc = run_cli("worker", env={**IMAGE_ENV, "FFLEET_BATCH_JSON": json.dumps(batch), "FFLEET_WORKERS": "1"})
         assert proc.returncode == 0, proc.stderr[-2000:]
         text = client.get_object(Bucket="seg-results", Key=f"runs/{execution}/records/b1.jsonl")["Body"].read().decode()
-        return json.loads(text.splitlines()[0])
+        return json.loads(text.splitlines()[0]), [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
     def stored() -> set[str]:
         return {o["Key"] for o in client.list_objects_v2(Bucket="seg-out").get("Contents", [])}
 
-    rec = run("exec-1")
+    rec, log = run("exec-1")
+    # the job's log line for the file counts the pieces; the record lists them
+    assert next(line for line in log if line.get("event") == "file")["segments"] == 5
     pieces = {f"out/media/talk/{i:05d}.flac" for i in range(5)}
     assert rec["status"] == SUCCEEDED and {s["key"] for s in rec["segments"]} == pieces
     assert all(s["audio"]["lufs"] > -30 and "rejected_for" not in s for s in rec["segments"])
     assert stored() == pieces | {"out/media/talk/" + MARKER_NAME}
-    assert run("exec-2")["status"] == SKIPPED
+    assert run("exec-2")[0]["status"] == SKIPPED
     # a stale piece from some earlier set, and one piece gone: rebuilt whole, the stale piece removed
     client.put_object(Bucket="seg-out", Key="out/media/talk/00009.flac", Body=b"stale")
     client.delete_object(Bucket="seg-out", Key="out/media/talk/00001.flac")
-    assert run("exec-3")["status"] == SUCCEEDED
+    assert run("exec-3")[0]["status"] == SUCCEEDED
     assert stored() == pieces | {"out/media/talk/" + MARKER_NAME}
 
 
