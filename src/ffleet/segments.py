@@ -1,4 +1,4 @@
-"""Segmented outputs (output.segment): where each output is cut, the FFmpeg runs that cut and measure it, and the set's marker."""
+"""Segmented outputs (output.segment): the cut plan, the FFmpeg runs that cut and measure, the set's marker."""
 from __future__ import annotations
 
 import bisect
@@ -229,7 +229,8 @@ def read_pieces(paths: list[Path], guard: list[str], binaries: Binaries, registr
         if m and int(m.group(1)) < len(paths):
             i = int(m.group(1))
             # as if it were the only input: parse_input_info reads "Input #0" and its "Stream #0:N" lines
-            info = parse_input_info(re.sub(r"(?m)^(\s*)Stream #\d+:", r"\1Stream #0:", "Input #0" + block[len(m.group(0)) - 2:]))
+            alone = re.sub(r"(?m)^(\s*)Stream #\d+:", r"\1Stream #0:", "Input #0" + block[len(m.group(0)) - 2:])
+            info = parse_input_info(alone)
             infos[i] = MediaInfo(stream_types=info.stream_types, duration=info.duration, codec=info.audio_codec,
                                  sample_rate=info.sample_rate, channels=info.channels)
     return infos, run.cpu_seconds
@@ -398,8 +399,11 @@ def _verify_pieces(cut: Plan, spans: list[tuple[int, int]], pieces_dir: Path, ex
     for index, path in enumerate(paths):
         if not path.is_file() or path.stat().st_size == 0:
             return f"segment {index} was not written"
-    infos, cpu = read_pieces(paths, guard, binaries, registry, timeout) if paths else ([], 0.0)
-    result.cpu_seconds += cpu
+    infos: list[MediaInfo | None] = []
+    for g in _groups(len(paths)):  # each piece is an open input: as many at once as a cutting run writes
+        group, cpu = read_pieces(paths[g.start:g.stop], guard, binaries, registry, timeout)
+        infos += group
+        result.cpu_seconds += cpu
     for index, ((start, end), (p_start, p_end), info, path) in enumerate(zip(spans, cut.pieces, infos, paths)):
         if info is None or not info.has_audio or not info.duration:
             return f"segment {index} does not read back as audio"
