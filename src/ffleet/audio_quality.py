@@ -74,17 +74,18 @@ ANALYSIS_STDERR_LIMIT = 1_000_000
 _LEVELS = {"quiet": -8, "panic": 0, "fatal": 8, "error": 16, "warning": 24, "info": 32, "verbose": 40, "debug": 48, "trace": 56}
 
 
-def analysis_filter_parts(true_peak: bool = True) -> dict[str, str]:
+def analysis_filter_parts(true_peak: bool = True, instance: str = "") -> dict[str, str]:
     """The analysis filters by name, in chain order (bench/analysis_overhead.py --breakdown times each).
 
-    Named instances (name@id) make their log lines ours to parse.
+    Named instances (name@id) make their log lines ours to parse; `instance` tells apart the chains
+    of one run (one per segment: ffleet.segments).
     """
     return {
         # astats first, on the decoder's own sample format: integer full scale is then exact
-        "astats": "astats@ffleet_astats=metadata=0:measure_perchannel=none:"
+        "astats": f"astats@ffleet_astats{instance}=metadata=0:measure_perchannel=none:"
                   "measure_overall=DC_offset+Peak_level+Peak_count+Number_of_samples",
         # framelog=verbose keeps ebur128's 10-lines-a-second log out of the info log
-        "ebur128": f"ebur128@ffleet_ebur128=peak={'true' if true_peak else 'sample'}:framelog=verbose",
+        "ebur128": f"ebur128@ffleet_ebur128{instance}=peak={'true' if true_peak else 'sample'}:framelog=verbose",
         # silencedetect logs under its class name, not the instance name: a silencedetect in the
         # user's own -af would be counted too (documented)
         "silencedetect": f"silencedetect=noise={SILENCE_NOISE_DB:g}dB:duration={SILENCE_MIN_SECONDS:g}",
@@ -207,9 +208,12 @@ class OutputTap:
 
 
 def output_tap(tokens: dict[str, list[str]], output_ext: str, true_peak: bool = True,
-               ffmpeg: str = "ffmpeg") -> OutputTap | None:
+               ffmpeg: str = "ffmpeg", analysis: str | None = None) -> OutputTap | None:
     """The output-side analysis for these options, or None where it could change the output or measure
     anything but the one audio stream written (the caller then measures the source).
+
+    analysis: the filters the tapped audio goes through (default: analysis_filters; ffleet.segments
+    taps it for silencedetect alone).
 
     The analysis joins the output's own simple filtergraph (-af): the user's chain, then the same
     aformat FFmpeg appends for the output (the encoder's sample formats, rates and layouts, or the
@@ -282,7 +286,7 @@ def output_tap(tokens: dict[str, list[str]], output_ext: str, true_peak: bool = 
     # own conversion). Rendering it as 16-bit makes "at full scale" exact: a sample the conversion
     # pushed past full scale saturates there, as it does in a 16-bit output file.
     graph = (",".join(steps) + ";[ffleet_measure]aresample@ffleet_convert,aformat@ffleet_s16=sample_fmts=s16,"
-             f"{analysis_filters(true_peak)},anullsink")
+             f"{analysis or analysis_filters(true_peak)},anullsink")
     if chain is None:
         args = [*out, "-af", graph]
     else:
@@ -299,17 +303,30 @@ def output_tap(tokens: dict[str, list[str]], output_ext: str, true_peak: bool = 
 
 def analysis_args(tokens: dict[str, list[str]], true_peak: bool = True) -> list[str]:
     """The second output that measures the audio (appended after the converted output's path)."""
-    out = tokens["output"]
-    return [*_audio_selection(out), "-af", _trim_filter(out) + analysis_filters(true_peak), "-f", "null", "-"]
+    return source_output(tokens["output"], analysis_filters(true_peak))
+
+
+def source_output(output_tokens: list[str], filters: str) -> list[str]:
+    """A second output that runs `filters` on the decoded input audio, trimmed as the output is.
+
+    The atrim keeps the input's timestamps: times the filters log are on the input's timeline."""
+    return [*_audio_selection(output_tokens), "-af", _trim_filter(output_tokens) + filters, "-f", "null", "-"]
 
 
 # ---------------------------------------------------------------------------------------------
 # Parsing FFmpeg's log
 
 _NUM = r"(-?(?:inf|nan|\d+(?:\.\d+)?(?:e[-+]?\d+)?))"
-# FFmpeg 6 names the log context by the instance id ("ffleet_astats"), 5.x by "astats@ffleet_astats"
-_ASTATS = re.compile(r"^\[(?:astats@)?ffleet_astats @ [^\]]+\] ([A-Za-z ]+): " + _NUM + r"\s*$", re.M | re.I)
-_EBUR_SUMMARY = re.compile(r"^\[(?:ebur128@)?ffleet_ebur128 @ [^\]]+\] Summary:(.*?)(?=^\[|\Z)", re.M | re.S)
+
+
+@functools.lru_cache(maxsize=512)
+def _instance_patterns(instance: str) -> tuple[re.Pattern, re.Pattern]:
+    # FFmpeg 6 names the log context by the instance id ("ffleet_astats"), 5.x by "astats@ffleet_astats"
+    astats = re.compile(rf"^\[(?:astats@)?ffleet_astats{instance} @ [^\]]+\] ([A-Za-z ]+): " + _NUM + r"\s*$", re.M | re.I)
+    ebur = re.compile(rf"^\[(?:ebur128@)?ffleet_ebur128{instance} @ [^\]]+\] Summary:(.*?)(?=^\[|\Z)", re.M | re.S)
+    return astats, ebur
+
+
 _INTEGRATED = re.compile(r"Integrated loudness:\s*I:\s*" + _NUM + r" LUFS", re.I)
 _TRUE_PEAK = re.compile(r"True peak:\s*Peak:\s*" + _NUM + r" dBFS", re.I)
 _SILENCE = re.compile(r"^\[silencedetect @ [^\]]+\] silence_(start|end): " + _NUM, re.M)
@@ -347,15 +364,17 @@ class AudioMeasurements:
 
 
 def parse_measurements(stderr: str, tap: OutputTap | None = None, duration_hint: float | None = None,
-                       info: InputInfo | None = None) -> AudioMeasurements | None:
+                       info: InputInfo | None = None, instance: str = "") -> AudioMeasurements | None:
     """Read the analysis branch's results from FFmpeg's log; None if none of them are there.
 
     tap: the OutputTap the run used (None: the source was measured). duration_hint: the output's
     duration, used for the silence share when the measured sample rate is unknown. info: the
-    log's input section, if the caller has parsed it already.
+    log's input section, if the caller has parsed it already. instance: the chain's name suffix
+    (analysis_filter_parts); the silence figures then come from the caller, not from this log.
     """
-    stats = {name.strip().lower(): _num(v) for name, v in _ASTATS.findall(stderr)}
-    summary = _EBUR_SUMMARY.findall(stderr)
+    astats, ebur = _instance_patterns(instance)
+    stats = {name.strip().lower(): _num(v) for name, v in astats.findall(stderr)}
+    summary = ebur.findall(stderr)
     if not stats and not summary:
         return None
     m = AudioMeasurements(measured_at="output" if tap else "source")
@@ -385,7 +404,8 @@ def parse_measurements(stderr: str, tap: OutputTap | None = None, duration_hint:
         tp = _TRUE_PEAK.search(block)
         m.lufs = _finite(_num(i.group(1))) if i else None
         m.true_peak_db = _finite(_num(tp.group(1))) if tp else None
-    m.silence_seconds, m.silence_ratio = _silence(stderr, m.duration)
+    if not instance:
+        m.silence_seconds, m.silence_ratio = _silence(stderr, m.duration)
     return m
 
 

@@ -234,6 +234,8 @@ def _file_line(res: ItemResult) -> dict[str, Any]:
     d = json.loads(res.to_json())
     d.pop("extra", None)
     d.update(res.extra)
+    if "segments" in d:  # a long recording's pieces would pass CloudWatch's 256 KB per event; the record has them
+        d["segments"] = len(d["segments"])
     return d
 
 

@@ -113,9 +113,21 @@ class DatasetCardBuilder:
     def add(self, r: ItemResult) -> None:
         if r.status not in (SUCCEEDED, REJECTED):
             return  # failed/skipped/not_done files are not part of the dataset this run made
+        self.seconds_in += r.duration_in or 0.0
+        pieces = (r.extra or {}).get("segments")
+        if pieces is None:
+            self._add_item(r)
+            return
+        for p in pieces:  # a segmented input: its pieces are what a training set is made of
+            self._add_item(ItemResult(
+                key=p.get("key") or r.key, status=REJECTED if p.get("rejected_for") else SUCCEEDED,
+                duration_out=p.get("duration"), sample_rate=r.sample_rate, codec=r.codec,
+                reason=(p.get("rejected_for") or [None])[0],
+                extra={"audio": p.get("audio") or {}, "rejected_for": p.get("rejected_for")}))
+
+    def _add_item(self, r: ItemResult) -> None:
         rejected = r.status == REJECTED
         audio = (r.extra or {}).get("audio") or {}
-        self.seconds_in += r.duration_in or 0.0
         if rejected:
             self.files_rejected += 1
             for reason in (r.extra or {}).get("rejected_for") or [r.reason or "unknown"]:

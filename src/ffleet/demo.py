@@ -89,13 +89,79 @@ def demo_request(input_dir: Path, output_dir: Path, tolerated_percent: float = 2
     return request
 
 
+# The segments demo: sentences spoken by espeak-ng, joined with pauses of these lengths (seconds).
+SENTENCES = [
+    "ffleet runs millions of recordings through FFmpeg.",
+    "This recording was made for the segments demo.",
+    "Each sentence is followed by a pause.",
+    "The cut goes in the last pause before the limit.",
+    "So no piece ends in the middle of a word.",
+    "Pieces are numbered from zero, with five digits.",
+    "A re-run skips a recording whose pieces are all there.",
+    "A partial set is made again, whole.",
+    "Quality measurements apply to every piece.",
+    "That is all. Thank you for listening.",
+]
+PAUSES = [0.9, 0.5, 1.2, 0.7, 1.0, 0.6, 1.4, 0.8, 1.1]
+
+
+def make_recording_with_pauses(path: Path, espeak: str, sentences: list[str] = SENTENCES,
+                               pauses: list[float] = PAUSES) -> Path:
+    """One WAV of the sentences spoken by espeak-ng (22.05 kHz mono), joined with the pauses."""
+    binaries = find_binaries()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for i, text in enumerate(sentences):
+        part = path.parent / f".sentence{i}.wav"
+        subprocess.run([espeak, "-w", str(part), text], check=True, timeout=60)
+        parts.append(part)
+    argv = [binaries.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error"]
+    for part in parts:
+        argv += ["-i", str(part)]
+    chain, joined = [], ""
+    for i in range(len(parts)):
+        chain.append(f"[{i}:a]aresample=22050,aformat=sample_fmts=s16:channel_layouts=mono[s{i}]")
+        joined += f"[s{i}]"
+        if i < min(len(pauses), len(parts) - 1):
+            chain.append(f"anullsrc=r=22050:cl=mono,atrim=duration={pauses[i]}[p{i}]")
+            joined += f"[p{i}]"
+    graph = ";".join(chain) + f";{joined}concat=n={joined.count('[')}:v=0:a=1[out]"
+    subprocess.run([*argv, "-filter_complex", graph, "-map", "[out]", "-c:a", "pcm_s16le", "-y", str(path)],
+                   check=True, timeout=120)
+    for part in parts:
+        part.unlink()
+    return path
+
+
+def segments_request(input_dir: Path, output_dir: Path) -> dict:
+    """The segments demo job: 16 kHz mono FLAC, cut at the pauses into pieces of at most 10 s, measured."""
+    return {
+        "name": "demo-segments",
+        "input": {"path": str(input_dir)},
+        "output": {"path": str(output_dir), "extension": ".flac", "file_options": "-ac 1 -ar 16000",
+                   "segment": {"max_seconds": 10, "min_seconds": 1, "at_silence": True, "silence_db": -40,
+                               "min_silence_seconds": 0.3}},
+        "quality": {"measure": True},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description="Build ffleet's demo corpus and its request.")
     parser.add_argument("folder", type=Path)
     parser.add_argument("--count", type=int, default=24)
+    parser.add_argument("--segments", metavar="ESPEAK_NG", help="build the segments demo instead, speaking with this espeak-ng")
     args = parser.parse_args(argv)
+    if args.segments:
+        inputs, outputs = args.folder / "input", args.folder / "output"
+        recording = inputs / "talk.wav"
+        if not recording.exists():
+            make_recording_with_pauses(recording, args.segments)
+        request_path = args.folder / "segments-request.json"
+        request_path.write_text(json.dumps(segments_request(inputs.resolve(), outputs.resolve()), indent=2) + "\n")
+        print(request_path)
+        return 0
     inputs, outputs = args.folder / "input", args.folder / "output"
     if not inputs.exists():
         make_corpus(inputs, args.count)

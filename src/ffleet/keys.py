@@ -23,6 +23,27 @@ def output_key(input_key: str, prefix: str = "", suffix: str = "", extension: st
     return f"{prefix}{key}{suffix}"
 
 
+SEGMENT_DIGITS = 5  # 00000 .. 99999: at the 3600 s max_seconds ceiling, longer than any recording
+
+
+def segment_folder(out_key: str) -> tuple[str, str]:
+    """(folder, extension) of a segmented output: ``out/a/b.flac`` -> (``out/a/b/``, ``.flac``).
+
+    The extension is the last one of the key's last path part (the suffix's, if it has one); the
+    folder is the key without it, plus '/'. A key without an extension keeps its whole name.
+    """
+    head, tail = posixpath.split(out_key)
+    stem, ext = posixpath.splitext(tail)
+    if not stem:  # ".flac" alone is a name, not an extension
+        stem, ext = tail, ""
+    return (posixpath.join(head, stem) if head else stem) + "/", ext
+
+
+def segment_key(folder: str, index: int, ext: str) -> str:
+    """The key of piece `index` (from 0) in a segment folder: ``out/a/b/00003.flac``."""
+    return f"{folder}{index:0{SEGMENT_DIGITS}d}{ext}"
+
+
 def matches_extensions(key: str, extensions: list[str] | None) -> bool:
     if not extensions:
         return True

@@ -126,6 +126,27 @@ class InputSpec(_Model):
         return self
 
 
+class SegmentSpec(_Model):
+    """output.segment: cut each input's output into numbered pieces (ffleet.segments)."""
+
+    max_seconds: float = Field(30, ge=1, le=3600, description="The longest a piece may be.")
+    min_seconds: float = Field(
+        2, ge=0, description="A shorter last piece is merged into the one before it (when the sum fits "
+        "max_seconds), else dropped; an input shorter than this is dropped whole.",
+    )
+    at_silence: bool = Field(True, description="Cut in the last pause before max_seconds; false: fixed-length pieces.")
+    silence_db: float = Field(-40, ge=-90, le=0, description="Audio below this level (dBFS) counts as a pause.")
+    min_silence_seconds: float = Field(0.3, ge=0.01, le=10, description="The shortest pause that may hold a cut.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SegmentSpec":
+        if self.min_seconds >= self.max_seconds:
+            raise ValueError("output.segment.min_seconds: must be less than max_seconds")
+        if self.min_silence_seconds >= self.max_seconds:
+            raise ValueError("output.segment.min_silence_seconds: must be less than max_seconds")
+        return self
+
+
 class OutputSpec(_Model):
     s3_bucket: str | None = Field(None, description="Bucket the outputs are written to.")
     s3_prefix: str = Field("", description="Prepended to each input key to make the output key.")
@@ -134,6 +155,9 @@ class OutputSpec(_Model):
     extension: str | None = Field(None, description='Replaces the input extension, e.g. ".flac".')
     overwrite: bool = Field(False, description="Re-encode even when the output exists (default: skip it).")
     path: str | None = Field(None, description="A local folder for the outputs, instead of s3_bucket.")
+    segment: SegmentSpec | None = Field(
+        None, description="Cut each output into pieces <output key without extension>/<NNNNN><ext> (see docs/contracts.md)."
+    )
 
     _opts = field_validator("file_options")(classmethod(lambda cls, v: _check_options(v)))
     _set = field_validator("s3_bucket", "path", mode="before")(classmethod(lambda cls, v: _not_empty(v)))
@@ -404,7 +428,7 @@ def parse_request(data: Any) -> JobRequest:
                 msg = "unknown field (check the spelling; see the README's request reference)"
             # model-level checks name their own field at the start of the message
             m = re.match(r"^([a-z_]+(?:\.[a-z_0-9]+)+): (.*)$", msg, re.S)
-            if m and field in ("(request)", "input", "output", "processing", "quality"):
+            if m and field in ("(request)", "input", "output", "output.segment", "processing", "quality"):
                 field, msg = m.group(1), m.group(2)
             problems.append((field, msg))
         raise RequestError(problems) from None

@@ -53,6 +53,10 @@ class ItemResult:
         # the fields read as they are (dataclasses.asdict deep-copies every value first: a tenth of
         # the Python time a file costs); `extra` holds plain JSON values only
         d = {name: getattr(self, name) for name in _RECORD_FIELDS}
+        if "segments" in self.extra:  # a segmented input's pieces: a top-level field (docs/contracts.md)
+            extra = dict(self.extra)
+            d["segments"] = extra.pop("segments")
+            d["extra"] = extra
         if not d["extra"]:
             d.pop("extra")
         return json.dumps({k: v for k, v in d.items() if v is not None}, ensure_ascii=False, sort_keys=False)

@@ -112,6 +112,7 @@ class Storage(Protocol):
     def read_bytes(self, key: str) -> bytes: ...
     def iter_chunks(self, key: str, size: int = CHUNK) -> Iterator[bytes]: ...
     def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
+    def delete(self, key: str) -> None: ...
 
 
 _TMP_MARK = ".ffleet-tmp-"
@@ -186,8 +187,12 @@ class LocalStorage:
     def list(self, prefix: str = "") -> Iterator[ListedObject]:
         if not self.root.is_dir():
             raise StorageError(f"input folder {self.root} does not exist")
-        # sorted walk: deterministic order, so batches and reports are reproducible
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        # sorted walk: deterministic order, so batches and reports are reproducible; a prefix that
+        # names a folder starts the walk there (a segment folder is listed without the whole tree)
+        top = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if top != self.root and top.resolve() != self.root.resolve() / top.relative_to(self.root):
+            top = self.root  # a symlink on the way: the full walk does not follow it, nor may this one
+        for dirpath, dirnames, filenames in os.walk(top):
             dirnames.sort()
             for name in sorted(filenames):
                 if _TMP_MARK in name:
@@ -267,6 +272,13 @@ class LocalStorage:
         with f:
             while chunk := f.read(size):
                 yield chunk
+
+    def delete(self, key: str) -> None:
+        """Remove key's file; an absent one is no error."""
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {self.uri(key)}: {exc.strerror}") from exc
 
     def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         with tempfile.NamedTemporaryFile(delete=False, dir=self.root if self.root.exists() else None) as f:
@@ -412,6 +424,13 @@ class S3Storage:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **kwargs)
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, "write", key) from exc
+
+    def delete(self, key: str) -> None:
+        """Remove the object (S3 answers a missing one with success too)."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, "delete", key) from exc
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

@@ -19,7 +19,7 @@ from ffleet.cpus import cgroup_cpu_limit, usable_cpus  # noqa: F401 - cgroup_cpu
 from ffleet.ffmpeg import (
     Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, run_process,
 )
-from ffleet.keys import OutputClaims, output_key
+from ffleet.keys import OutputClaims, output_key, segment_folder, segment_key
 from ffleet.policy import option_pairs, refused_output_extension
 from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
@@ -48,6 +48,12 @@ def _quality():
     from ffleet import audio_quality
 
     return audio_quality
+
+
+def _segments():
+    from ffleet import segments  # imported by a segmenting request only (it brings the quality analysis)
+
+    return segments
 
 
 def expected_duration(input_duration: float | None, tokens: dict[str, list[str]]) -> float | None:
@@ -124,11 +130,13 @@ class WorkContext:
     tokens: dict[str, list[str]] = field(init=False)
     guard: list[str] = field(init=False)
     output_guard: list[str] = field(init=False)  # the output is read back with an input's protection
-    measuring: bool = field(init=False)
+    measuring: bool = field(init=False)  # the converting run measures (never when segmenting)
+    segmenting: bool = field(init=False)
+    measure_segments: bool = field(init=False)  # each segment is measured after the cut
     # (input, output extension) -> the output options (the user's, -vn added for video into an audio container)
     _outputs: dict[tuple[str, str], list[str]] = field(init=False, default_factory=dict, repr=False)
-    # (input, output extension) -> its OutputTap (None: measure the source)
-    _taps: dict[tuple[str, str], OutputTap | None] = field(init=False, default_factory=dict, repr=False)
+    # (input, output extension) -> its OutputTap (None: measure the source); ("silence", ...) for segments
+    _taps: dict[tuple[str, ...], OutputTap | None] = field(init=False, default_factory=dict, repr=False)
     # measuring: a raised -loglevel, and the second output that analyses the source; the same for every file
     _loglevel: list[str] = field(init=False, default_factory=list, repr=False)
     _source_analysis: list[str] = field(init=False, default_factory=list, repr=False)
@@ -154,13 +162,17 @@ class WorkContext:
         # a user's output -f names the muxer: reading the output back needs its demuxer (if FFmpeg has one)
         output_formats = [v for flag, v in option_pairs(self.tokens["output"]) if flag == "-f" and v is not None]
         self.output_guard = input_guard(output_formats)
-        # the quality analysis (ffleet.audio_quality) is imported only by a request that measures:
-        # every `ffleet run` pays for each import before its first FFmpeg starts
-        self.measuring = self.request.quality.measuring and _quality().measuring(self.request, self.tokens)
-        if self.measuring:
+        # the quality analysis (ffleet.audio_quality) and segmenting (ffleet.segments) are imported only
+        # by a request that uses them: every `ffleet run` pays for each import before its first FFmpeg
+        measuring = self.request.quality.measuring and _quality().measuring(self.request, self.tokens)
+        self.segmenting = self.request.output.segment is not None
+        # segmenting: the quality of each piece counts, measured from the cut (ffleet.segments)
+        self.measuring, self.measure_segments = measuring and not self.segmenting, measuring and self.segmenting
+        if self.measuring or self.segmenting:  # both read info lines from FFmpeg's log
             audio_quality = _quality()
             self._loglevel = audio_quality.global_args(self.tokens["global"])
-            self._source_analysis = audio_quality.analysis_args(self.tokens, self.request.quality.true_peak)
+        if self.measuring:
+            self._source_analysis = _quality().analysis_args(self.tokens, self.request.quality.true_peak)
 
     @classmethod
     def for_request(cls, request: JobRequest, work_dir: Path | None = None, client=None) -> "WorkContext":
@@ -193,11 +205,28 @@ class WorkContext:
             self._taps[key] = _quality().output_tap(tokens, dst.suffix, q.true_peak, self.binaries.ffmpeg)
         return self._taps[key]
 
+    def silence_tap(self, src: Path, dst: Path) -> OutputTap | None:
+        """Segmenting: the output tap that finds the pauses in the audio as written, or None (the source's)."""
+        key = ("silence", src.suffix.lower(), dst.suffix)
+        if key not in self._taps:
+            tokens = {**self.tokens, "output": self.output_options(src, dst)}
+            self._taps[key] = _quality().output_tap(tokens, dst.suffix, ffmpeg=self.binaries.ffmpeg,
+                                                    analysis=_segments().silence_filter(self.request.output.segment))
+        return self._taps[key]
+
     def ffmpeg_argv(self, src: Path, dst: Path) -> list[str]:
         t = self.tokens
         head = [self.binaries.ffmpeg, "-hide_banner", "-nostdin", "-nostats", *t["global"]]
         reading = [*t["input"], *self.guard, "-i", str(src)]
         output = self.output_options(src, dst)
+        seg = self.request.output.segment
+        if seg is not None and seg.at_silence:  # the same run finds the pauses to cut at
+            # in the written audio where it can: a 16 kHz mono output has 5.5x fewer samples than
+            # a 44.1 kHz stereo source, and silencedetect costs per sample (bench/segment_cost.py)
+            tap = self.silence_tap(src, dst)
+            if tap is not None:
+                return [*head, *self._loglevel, *reading, *tap.args, "-y", str(dst)]
+            return [*head, *self._loglevel, *reading, *output, "-y", str(dst), *_segments().silence_args(output, seg)]
         if not self.measuring:
             return [*head, *reading, *output, "-y", str(dst)]
         # measuring: the same run also analyses the audio (see ffleet.audio_quality)
@@ -251,12 +280,22 @@ def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
 def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, result: ItemResult) -> None:
     req = ctx.request
     # 0. Keys that cannot name one distinct file (or object) where they are read or written.
-    for role, store, key in (("input", ctx.input_store, item.key), ("output", ctx.output_store, out_key)):
+    folder, ext = segment_folder(out_key)
+    written = segment_key(folder, 0, ext) if ctx.segmenting else out_key  # a segment set's longest key
+    for role, store, key in (("input", ctx.input_store, item.key), ("output", ctx.output_store, written)):
         problem = store.key_problem(key)
         if problem:
             raise InvalidKey(f"{role} key {key!r} {problem}")
-    # 1. Skip before any work: re-runs of a 3-million-file job must cost a HEAD per finished file.
-    if not req.output.overwrite and ctx.output_store.exists(out_key):
+    # 1. Skip before any work: re-runs of a 3-million-file job must cost a HEAD per finished file
+    # (a segment set: its marker and a listing of its folder).
+    if ctx.segmenting and not req.output.overwrite:
+        marker = _segments().finished(ctx.output_store, out_key, req)
+        if marker is not None:
+            result.output_key = folder
+            _segments().describe(result, marker)
+            result.status, result.reason, result.detail = SKIPPED, None, None
+            return
+    elif not req.output.overwrite and ctx.output_store.exists(out_key):
         result.status = SKIPPED
         result.reason = None
         return
@@ -270,7 +309,7 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     dst = slot / ("output" + _temp_suffix(out_key))
     run = run_process(
         ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry,
-        stderr_limit=_quality().ANALYSIS_STDERR_LIMIT if ctx.measuring else 64_000,
+        stderr_limit=_quality().ANALYSIS_STDERR_LIMIT if ctx.measuring or ctx.segmenting else 64_000,
         # the kernel keeps FFmpeg to its input and this file's own folder, whatever its options say
         confinement=Confinement(read=(str(src),), write=(str(slot),), max_output_bytes=req.processing.max_output_bytes),
     )
@@ -338,6 +377,12 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
         result.reason, result.detail = "invalid_output", problem
         return
     result.bytes_out = dst.stat().st_size
+    if ctx.segmenting:  # 5-6. cut, verify, measure and store each piece instead
+        _segments().cut_and_store(
+            request=req, tokens=ctx.tokens, binaries=ctx.binaries, registry=ctx.registry, guard=ctx.output_guard,
+            store=ctx.output_store, slot=slot, dst=dst, out_key=out_key, out=out_read.info, convert_stderr=run.stderr,
+            result=result, measuring=ctx.measure_segments)
+        return
     # 5. Quality: measurements into the record; a file failing a filter ends as rejected.
     result.status = SUCCEEDED
     if ctx.measuring and not _quality().apply_quality(req, run.stderr, result, ctx.measure_tap(src, dst), info):

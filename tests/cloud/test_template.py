@@ -480,7 +480,10 @@ def test_job_role_reads_inputs_writes_outputs_and_results_only(transformed):
     for st, acts, res in _statements(transformed["Resources"]["JobRole"]):
         text = json.dumps(res)
         assert all(a.startswith("s3:") for a in acts), acts
-        assert "s3:DeleteObject" not in acts
+        # deleting only in the output bucket, where PutObject may already replace any object: a
+        # rebuilt segment set removes the pieces of the set it replaces (README, segments)
+        if "s3:DeleteObject" in acts:
+            assert "OutputBucketName" in text and "InputBucketName" not in text and "ResultsBucket" not in text, text
         if "InputBucketName" in text:
             assert acts == ["s3:GetObject"], (st["Sid"], acts)
         else:
