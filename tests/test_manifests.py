@@ -55,8 +55,9 @@ def test_a_segment_record_read_back_from_json_has_its_segments():
     """The worker writes `segments` in the record; read back, it lands in extra whether top-level or not."""
     r = _segmented("long.wav", "out/long", [(0, 5.0), (5.0, 9.0)])
     line = json.loads(r.to_json())
-    top = {k: v for k, v in line.items() if k != "extra"} | {"segments": line["extra"]["segments"]}
-    for d in (line, top):
+    assert "segments" in line and "extra" not in line  # the record's shape (docs/contracts.md)
+    nested = {k: v for k, v in line.items() if k != "segments"} | {"extra": {"segments": line["segments"]}}
+    for d in (line, nested):
         assert [c.key for c in clips(ItemResult.from_dict(d))] == ["out/long/00000.flac", "out/long/00001.flac"]
 
 

@@ -231,7 +231,7 @@ def test_lossy_output_is_cut_at_packets(talk, tmp_path):
     (root / "in").symlink_to(talk / "in")
     _, records = _run(_request(root, ext=".mp3"))
     rec = records["rec/talk.wav"]
-    assert rec["status"] == SUCCEEDED and len(rec["segments"]) == 5
+    assert rec["status"] == SUCCEEDED and len(rec["segments"]) == 5, rec.get("detail")
     starts = [s["start"] for s in rec["segments"]]
     # an mp3 packet at 16 kHz is 576 samples (36 ms): each cut lands on the first packet at or after it
     assert starts[:4] == pytest.approx(TALK_CUTS[:4], abs=0.04)
@@ -309,11 +309,42 @@ def test_cloud_worker_cuts_into_s3_and_rebuilds_there(s3_endpoint, talk):
     assert all(s["audio"]["lufs"] > -30 and "rejected_for" not in s for s in rec["segments"])
     assert stored() == pieces | {"out/media/talk/" + MARKER_NAME}
     assert run("exec-2")[0]["status"] == SKIPPED
-    # a stale piece from some earlier set, and one piece gone: rebuilt whole, the stale piece removed
-    client.put_object(Bucket="seg-out", Key="out/media/talk/00009.flac", Body=b"stale")
+    # one piece gone: rebuilt whole; a piece-named object ffleet never recorded (someone else's, or
+    # another input where outputs share the inputs' bucket) is left alone
+    client.put_object(Bucket="seg-out", Key="out/media/talk/00042.flac", Body=b"not ffleet's")
     client.delete_object(Bucket="seg-out", Key="out/media/talk/00001.flac")
     assert run("exec-3")[0]["status"] == SUCCEEDED
-    assert stored() == pieces | {"out/media/talk/" + MARKER_NAME}
+    assert stored() == pieces | {"out/media/talk/00042.flac", "out/media/talk/" + MARKER_NAME}
+    # a set made with other settings has more pieces; the set that replaces it removes the extra ones
+    request["output"]["segment"] = {"max_seconds": 4}
+    more = {s["key"] for s in run("exec-4")[0]["segments"]}
+    assert len(more) > len(pieces) and stored() == more | {"out/media/talk/00042.flac", "out/media/talk/" + MARKER_NAME}
+    request["output"]["segment"] = {"max_seconds": 12}
+    assert run("exec-5")[0]["status"] == SUCCEEDED
+    assert stored() == pieces | {"out/media/talk/00042.flac", "out/media/talk/" + MARKER_NAME}
+
+
+def test_a_rebuild_that_died_half_way_is_cleaned_up_by_the_next(tmp_path):
+    from ffleet.segments import _replace_set
+    from ffleet.storage import LocalStorage
+
+    store = LocalStorage(tmp_path)
+    folder = tmp_path / "talk"
+    folder.mkdir()
+    for i in range(8):
+        (folder / f"{i:05d}.flac").write_bytes(b"old")
+    (folder / "00042.flac").write_bytes(b"a user's")
+    # the marker a rebuild writes first: it died after storing some of the keys it names
+    (folder / MARKER_NAME).write_text(json.dumps({"rebuilding": True, "keys": [f"talk/{i:05d}.flac" for i in range(8)]
+                                                   + ["../outside.flac", "talk/sub/00001.flac", "talk/notes.txt"]}))
+    (tmp_path / "outside.flac").write_bytes(b"x")
+    new = []
+    for i in range(3):
+        (tmp_path / f"new{i}.flac").write_bytes(b"new")
+        new.append((tmp_path / f"new{i}.flac", f"talk/{i:05d}.flac"))
+    _replace_set(store, "talk/", ".flac", new)
+    assert {p.name for p in folder.iterdir()} == {"00000.flac", "00001.flac", "00002.flac", "00042.flac", MARKER_NAME}
+    assert (tmp_path / "outside.flac").exists()  # a marker names only pieces of its own folder
 
 
 def test_the_dataset_card_counts_pieces():

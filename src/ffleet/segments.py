@@ -16,7 +16,7 @@ from ffleet.policy import option_pairs
 from ffleet.results import FAILED, REJECTED, SUCCEEDED, ItemResult
 from ffleet.sandbox import Confinement
 from ffleet.storage import NotFound, Storage
-from ffleet.verify import MediaInfo, read_media, reader_name
+from ffleet.verify import IN_PROCESS_PYAV, SANDBOXED_PYAV, MediaInfo, read_media, reader_name
 
 if TYPE_CHECKING:
     from ffleet.request import JobRequest, SegmentSpec
@@ -207,16 +207,18 @@ def analysis_argv(ffmpeg: str, guard: list[str], dst: Path, spans: list[tuple[in
 
 
 def read_pieces(paths: list[Path], guard: list[str], binaries: Binaries, registry: ProcessRegistry,
-                timeout: float) -> tuple[list[MediaInfo | None], float]:
+                timeout: float, verifiers=None) -> tuple[list[MediaInfo | None], float]:
     """Each piece's streams and duration, and the CPU it took to read them.
 
-    With ffprobe (the default reader) one FFmpeg opens every piece as an input, under the input
-    guard, and its log describes them all: ffprobe once per piece cost 5 ms of CPU each with the
-    static build and 84 ms with Debian's (bench/segment_cost.py). Durations in that log are to 10 ms.
+    With the verifier (or PyAV), each piece is read as any output is. Otherwise one FFmpeg opens
+    every piece as an input, under the input guard, and its log describes them all: ffprobe once
+    per piece cost 5 ms of CPU each with the static build and 84 ms with Debian's
+    (bench/segment_cost.py). Durations in that log are to 10 ms.
     """
-    if reader_name() == "pyav":
-        backs = [read_media(p, guard, binaries, registry) for p in paths]
-        return [b.info for b in backs], sum(b.cpu_seconds for b in backs)
+    if verifiers is not None and reader_name() in (IN_PROCESS_PYAV, SANDBOXED_PYAV):
+        # the sandboxed verifier (the default) reads a piece for about a millisecond, to the sample
+        backs = [read_media(p, guard, binaries, registry, verifiers) for p in paths]
+        return [None if b.fault else b.info for b in backs], sum(b.cpu_seconds for b in backs)
     argv = [binaries.ffmpeg, "-hide_banner", "-nostdin"]
     for p in paths:
         argv += [*guard, "-i", str(p)]
@@ -280,16 +282,38 @@ def finished(store: Storage, out_key: str, request: "JobRequest") -> dict[str, A
     return marker
 
 
+def _recorded_pieces(store: Storage, folder: str, ext: str) -> list[str]:
+    """The piece keys the folder's marker says ffleet stored there: a finished set's stored pieces,
+    or every key a rebuild that never finished may have left. Only piece names directly in the
+    folder count, whatever a marker (an object anyone with write access could edit) says."""
+    try:
+        marker = json.loads(store.read_bytes(folder + MARKER_NAME))
+    except (NotFound, ValueError):
+        return []
+    if not isinstance(marker, dict):
+        return []
+    if marker.get("rebuilding"):
+        keys = marker.get("keys") or []
+    else:
+        keys = [p.get("key") for p in marker.get("segments") or [] if isinstance(p, dict) and p.get("stored")]
+    return [k for k in keys if isinstance(k, str) and k.startswith(folder) and _is_piece_name(k[len(folder):], ext)]
+
+
 def _replace_set(store: Storage, folder: str, ext: str, pieces: list[tuple[Path, str]]) -> None:
-    """Store the new pieces and remove every other piece-named file of the folder (an earlier set's)."""
-    store.delete(folder + MARKER_NAME)  # from here until the new marker, the folder is no finished set
-    new = {key for _, key in pieces}
+    """Store the new pieces and remove the pieces of the set they replace, and only those.
+
+    Why not every piece-named file of the folder: the folder may hold files ffleet did not write
+    (a user's 00001.wav, or another input of the same run when outputs share the inputs' bucket).
+    Until the new marker is written, a "rebuilding" marker names every key this set and the one
+    before it may leave, so a run that dies half-way leaves nothing a later run cannot clean up."""
+    earlier = _recorded_pieces(store, folder, ext)
+    new = [key for _, key in pieces]
+    rebuilding = {"rebuilding": True, "keys": sorted(set(earlier) | set(new))}
+    store.write_bytes(folder + MARKER_NAME, json.dumps(rebuilding).encode(), "application/json")
     for path, key in pieces:
         store.store(path, key)
-    for obj in list(store.list(folder)):
-        name = obj.key[len(folder):]
-        if "/" not in name and _is_piece_name(name, ext) and obj.key not in new:
-            store.delete(obj.key)
+    for key in sorted(set(earlier) - set(new)):
+        store.delete(key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +322,7 @@ def _replace_set(store: Storage, folder: str, ext: str, pieces: list[tuple[Path,
 
 def cut_and_store(*, request: "JobRequest", tokens: dict[str, list[str]], binaries: Binaries, registry: ProcessRegistry,
                   guard: list[str], store: Storage, slot: Path, dst: Path, out_key: str, out: MediaInfo,
-                  convert_stderr: str, result: ItemResult, measuring: bool) -> None:
+                  convert_stderr: str, result: ItemResult, measuring: bool, verifiers=None) -> None:
     """Cut the verified full output `dst` into the set of out_key, verify, measure and store it.
 
     Fills result: status, output_key (the folder), bytes_out and duration_out (the stored pieces'),
@@ -340,7 +364,7 @@ def cut_and_store(*, request: "JobRequest", tokens: dict[str, list[str]], binari
             spans, cut.dropped = cut_spans[:len(cut.pieces)], cut_spans[len(cut.pieces):] or cut.dropped
     records: list[dict[str, Any]] = []
     problem = _verify_pieces(cut, spans, pieces_dir, ext, guard, binaries, registry, result, records, lossless,
-                             out.duration, timeout)
+                             out.duration, timeout, verifiers)
     if problem:
         result.status, result.reason, result.detail = FAILED, "invalid_output", problem
         return
@@ -389,7 +413,7 @@ def describe(result: ItemResult, marker: dict[str, Any]) -> None:
 
 def _verify_pieces(cut: Plan, spans: list[tuple[int, int]], pieces_dir: Path, ext: str, guard: list[str],
                    binaries: Binaries, registry: ProcessRegistry, result: ItemResult, records: list[dict[str, Any]],
-                   lossless: bool, duration: float, timeout: float) -> str | None:
+                   lossless: bool, duration: float, timeout: float, verifiers=None) -> str | None:
     """Each piece opens, holds audio and lasts its span; together with the dropped spans they last the output."""
     if len(spans) != len(cut.pieces):
         return f"the output was cut into {len(spans)} pieces, {len(cut.pieces)} planned"
@@ -401,7 +425,10 @@ def _verify_pieces(cut: Plan, spans: list[tuple[int, int]], pieces_dir: Path, ex
             return f"segment {index} was not written"
     infos: list[MediaInfo | None] = []
     for g in _groups(len(paths)):  # each piece is an open input: as many at once as a cutting run writes
-        group, cpu = read_pieces(paths[g.start:g.stop], guard, binaries, registry, timeout)
+        # lossy pieces cut at packets carry no length header (an MP3's Xing frame): libav without a
+        # decoder estimates their length from the bitrate, 0.2 s off on a 2 s piece; FFmpeg's log is not
+        group, cpu = read_pieces(paths[g.start:g.stop], guard, binaries, registry, timeout,
+                                 verifiers if lossless else None)
         infos += group
         result.cpu_seconds += cpu
     for index, ((start, end), (p_start, p_end), info, path) in enumerate(zip(spans, cut.pieces, infos, paths)):

@@ -381,7 +381,7 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
         _segments().cut_and_store(
             request=req, tokens=ctx.tokens, binaries=ctx.binaries, registry=ctx.registry, guard=ctx.output_guard,
             store=ctx.output_store, slot=slot, dst=dst, out_key=out_key, out=out_read.info, convert_stderr=run.stderr,
-            result=result, measuring=ctx.measure_segments)
+            result=result, measuring=ctx.measure_segments, verifiers=ctx.verifiers)
         return
     # 5. Quality: measurements into the record; a file failing a filter ends as rejected.
     result.status = SUCCEEDED
