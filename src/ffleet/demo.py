@@ -134,7 +134,8 @@ def make_recording_with_pauses(path: Path, espeak: str, sentences: list[str] = S
 
 
 def segments_request(input_dir: Path, output_dir: Path) -> dict:
-    """The segments demo job: 16 kHz mono FLAC, cut at the pauses into pieces of at most 10 s, measured."""
+    """The segments demo job: 16 kHz mono FLAC, cut at the pauses into pieces of at most 10 s, measured,
+    with the three training manifests (audiofolder's metadata.jsonl lands in the output folder)."""
     return {
         "name": "demo-segments",
         "input": {"path": str(input_dir)},
@@ -142,6 +143,7 @@ def segments_request(input_dir: Path, output_dir: Path) -> dict:
                    "segment": {"max_seconds": 10, "min_seconds": 1, "at_silence": True, "silence_db": -40,
                                "min_silence_seconds": 0.3}},
         "quality": {"measure": True},
+        "results": {"manifests": ["nemo", "audiofolder", "lhotse"]},
     }
 
 
