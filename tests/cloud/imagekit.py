@@ -48,6 +48,19 @@ def image_size_mb(tag: str) -> float:
     return int(docker("image", "inspect", "-f", "{{.Size}}", tag).stdout) / 1e6
 
 
+def image_pull_mb(tag: str) -> float:
+    """About what a host pulls: the image's layers gzip-compressed (level 6), as a registry stores them."""
+    import zlib
+
+    pack = zlib.compressobj(6, zlib.DEFLATED, 31)
+    total = 0
+    with subprocess.Popen([DOCKER, "save", tag], stdout=subprocess.PIPE) as save:
+        while chunk := save.stdout.read(1 << 20):
+            total += len(pack.compress(chunk))
+    assert save.returncode == 0, f"docker save {tag} exited {save.returncode}"
+    return (total + len(pack.flush())) / 1e6
+
+
 def worker_argv(image: str, endpoint: str, batch_uri: str, *, detach: bool = False, name: str | None = None,
                 env: dict[str, str] | None = None) -> list[str]:
     """`docker run` of the image's own command (`ffleet worker`) as Batch runs it, on the host network

@@ -240,6 +240,8 @@ def test_each_image_processes_the_corpus_like_ffleet_run(moto_s3, corpus, tmp_pa
                "processing": {"tolerated_failure_percent": TOLERANCE}}
     batch_uri, records_key = _batch(s3, [f"in/{k}" for k in corpus], request)
     size = f"{target} image {image}: {imagekit.image_size_mb(image):.0f} MB"
+    if target != "nvidia":
+        size += f" ({imagekit.image_pull_mb(image):.0f} MB gzip-compressed, about what a host pulls)"
     if target == "cpu-arm64":
         # detached, to find its first FFmpeg (under QEMU each one runs long enough to be seen)
         name = f"ffleet-image-test-{uuid.uuid4().hex[:8]}"
