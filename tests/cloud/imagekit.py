@@ -16,6 +16,8 @@ IMAGES = {"cpu": os.environ.get("FFLEET_IMAGE_CPU", ""), "nvidia": os.environ.ge
 LAMBDA_BASE = os.environ.get("FFLEET_LAMBDA_BASE", "")
 BRIDGE = os.environ.get("FFLEET_DOCKER_BRIDGE", "")
 NO_IMAGE = "no worker image or Lambda base stand-in: scripts/image-test builds them (root, Docker) and runs these tests"
+# for an arm64 image under QEMU's user-mode emulation, which gives its guest no seccomp: no sandbox
+UNDER_QEMU = {"FFLEET_REQUIRE_SANDBOX": "0", "FFLEET_SANDBOX_HELPER": "/nonexistent"}
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -134,9 +136,13 @@ def _process_start(pid: str, program: str) -> float | None:
 def first_process_start(container: str, program: str = "/opt/ffmpeg/ffmpeg", tries: int = 60000) -> float:
     """When the first process running `program` in the container started (boot seconds, to 10 ms):
     read from the host's /proc while it runs, so the figure does not depend on how often this looks.
-    (A process's start is its fork: for FFmpeg, when ffleet started the sandbox helper that execs it.)"""
+    (A process's start is its fork: for FFmpeg, when ffleet started the sandbox helper that execs it.)
+    Fails if the container ends first."""
+    init = docker("inspect", "-f", "{{.State.Pid}}", container).stdout.strip()
     outside: set[str] = set()
     for n in range(tries):
+        if init == "0" or not os.path.exists(f"/proc/{init}"):
+            raise AssertionError(f"container {container[:12]} ended before any {program} started")
         if n % 200 == 199:
             outside.clear()  # PIDs are reused
         pids = [pid for pid in os.listdir("/proc") if pid.isdigit() and pid not in outside]
