@@ -180,7 +180,7 @@ def main() -> int:
     medians = {name: statistics.median(r["wall"] for r in rs) for name, rs in rounds.items()}
     ratio = medians["shell"] / medians["ffleet"]
     audio = sum(_seconds(p) for p in paths)
-    print(f"image {args.image} ({arch}, on a {platform.machine()} host{' under QEMU' if arch != _docker_arch() else ''}), "
+    print(f"image {args.image} ({arch}, on a {platform.machine()} host{' under QEMU, ffleet without its sandbox' if arch != _docker_arch() else ''}), "
           f"{len(keys)} WAVs ({audio:.0f} s of audio), `{args.options}` to WAV, {args.workers} at a time, "
           f"medians of {args.rounds} rounds:")
     ffleet = rounds["ffleet"]
