@@ -4,10 +4,11 @@ Run from the repository root, as root with Docker (scripts/image-test builds the
   python bench/container_ratio.py --image ffleet-worker:image-test-cpu
   python bench/container_ratio.py --image <an arm64 image> --files 8 --rounds 1   # under QEMU
 
-Both ways run in one image: the given one plus curl (built once as <image>-bench-curl, since the
-worker image has no HTTP client for a shell). Both start with `docker run`, so both pay a
-container's start; both run --workers files at a time, fetch each input from S3, convert it with
-the image's /opt/ffmpeg/ffmpeg and the same options, and put the output into S3:
+Both ways run in one image: the given one plus curl (built once per image, tagged
+ffleet-bench-curl:<the image's ID>: the worker image has no HTTP client for a shell). Both start
+with `docker run`, so both pay a container's start; both run --workers files at a time, fetch each
+input from S3, convert it with the image's /opt/ffmpeg/ffmpeg and the same options, and put the
+output into S3:
 
 - ffleet: `ffleet worker` on a batch object, as AWS Batch runs it (it also sandboxes each FFmpeg,
   verifies each output, writes records and a summary);
@@ -47,8 +48,9 @@ MEDIA, OUT, RESULTS = "bench-media", "bench-out", "bench-results"
 
 
 def curl_image(image: str) -> str:
-    """The image plus curl, for the shell loop's transfers (built once, then reused)."""
-    tag = f"{image.replace(':', '-')}-bench-curl"
+    """The image plus curl, for the shell loop's transfers (built once per image ID, then reused)."""
+    image_id = imagekit.docker("image", "inspect", "-f", "{{.Id}}", image).stdout.strip().split(":")[-1]
+    tag = f"ffleet-bench-curl:{image_id[:12]}"
     if imagekit.docker("image", "inspect", tag, check=False).returncode == 0:
         return tag
     dockerfile = (f"FROM {image}\nUSER root\n"
