@@ -13,7 +13,7 @@ from ffleet.manifests import (
     AUDIOFOLDER_FILE, AUDIOFOLDER_RUN_FILE, LHOTSE_RECORDINGS, LHOTSE_SUPERVISIONS, MANIFESTS_DIR, NEMO_FILE,
     ManifestWriter, clips, local_locator, output_root,
 )
-from ffleet.request import RequestError, parse_request
+from ffleet.request import parse_request
 from ffleet.results import FAILED, REJECTED, SKIPPED, SUCCEEDED, ItemResult
 from ffleet.storage import LocalStorage
 
@@ -64,17 +64,6 @@ def test_a_segment_record_read_back_from_json_has_its_segments():
 @pytest.mark.parametrize("prefix, root", [("out/", "out/"), ("out/x-", "out/"), ("x-", ""), ("", ""), ("a/b/", "a/b/")])
 def test_output_root_is_the_folder_of_the_output_prefix(prefix, root):
     assert output_root(prefix) == root
-
-
-def test_manifests_request_field_is_validated():
-    base = {"name": "t", "input": {"path": "/in"}, "output": {"path": "/out"}}
-    ok = parse_request({**base, "results": {"manifests": ["lhotse", "nemo", "nemo"]}})
-    assert ok.manifest_formats == ["nemo", "lhotse"]  # in a fixed order, each once
-    assert ok.results_location() == {"path": "/out.ffleet-results"}  # manifests alone do not move the results
-    with pytest.raises(RequestError) as err:
-        parse_request({**base, "results": {"manifests": ["nemo", "kaldi"]}})
-    assert err.value.problems[0][0] == "results.manifests" and "'kaldi'" in err.value.problems[0][1]
-    assert parse_request(base).manifest_formats == []
 
 
 # --- rows and files ------------------------------------------------------------------------------

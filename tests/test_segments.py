@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from ffleet.ffmpeg import find_binaries
-from ffleet.keys import segment_folder, segment_key
-from ffleet.request import RequestError, SegmentSpec, parse_request
+from ffleet.request import SegmentSpec, parse_request
 from ffleet.results import FAILED, REJECTED, SKIPPED, SUCCEEDED, ItemResult, SummaryBuilder
 from ffleet.runner import run_request
 from ffleet.segments import MARKER_NAME, plan
@@ -70,34 +69,6 @@ def _stored(root: Path) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------------
 # The request and the names
-
-
-def test_segment_fields_are_validated_by_name():
-    base = {"name": "x", "input": {"path": "/tmp/in-x"}, "output": {"path": "/tmp/out-x"}}
-    for segment, field, words in [
-        ({"max_seconds": 0}, "output.segment.max_seconds", "greater than or equal to 1"),
-        ({"max_seconds": 30, "min_seconds": 30}, "output.segment.min_seconds", "less than max_seconds"),
-        ({"silence_db": 3}, "output.segment.silence_db", "less than or equal to 0"),
-        ({"min_silence_seconds": 0}, "output.segment.min_silence_seconds", "greater than or equal to 0.01"),
-        ({"max_seconds": 5, "min_silence_seconds": 6}, "output.segment.min_silence_seconds", "less than max_seconds"),
-        ({"max_second": 5}, "output.segment.max_second", "unknown field"),
-    ]:
-        with pytest.raises(RequestError) as err:
-            parse_request({**base, "output": {**base["output"], "segment": segment}})
-        assert [(f, words in m) for f, m in err.value.problems] == [(field, True)], err.value.problems
-    spec = parse_request({**base, "output": {**base["output"], "segment": {}}}).output.segment
-    assert (spec.max_seconds, spec.min_seconds, spec.at_silence, spec.silence_db, spec.min_silence_seconds) == (30, 2, True, -40, 0.3)
-
-
-@pytest.mark.parametrize("out_key, folder, first", [
-    ("out/rec/talk.flac", "out/rec/talk/", "out/rec/talk/00000.flac"),
-    ("talk.wav.flac", "talk.wav/", "talk.wav/00000.flac"),  # a suffix's extension is the last one
-    ("out/noext", "out/noext/", "out/noext/00000"),
-])
-def test_segment_names(out_key, folder, first):
-    f, ext = segment_folder(out_key)
-    assert f == folder and segment_key(f, 0, ext) == first
-    assert segment_key(f, 12345, ext).endswith(f"12345{ext}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,10 +33,8 @@ def segment_folder(out_key: str) -> tuple[str, str]:
     folder is the key without it, plus '/'. A key without an extension keeps its whole name.
     """
     head, tail = posixpath.split(out_key)
-    stem, ext = posixpath.splitext(tail)
-    if not stem:  # ".flac" alone is a name, not an extension
-        stem, ext = tail, ""
-    return (posixpath.join(head, stem) if head else stem) + "/", ext
+    stem, ext = posixpath.splitext(tail)  # ".flac" alone is a name, not an extension: ("", ".flac") never comes back
+    return posixpath.join(head, stem) + "/", ext
 
 
 def segment_key(folder: str, index: int, ext: str) -> str:
