@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli, write_json
 from ffleet.demo import demo_request, make_corpus, make_tone
 from ffleet.manifests import (
-    AUDIOFOLDER_FILE, AUDIOFOLDER_RUN_FILE, LHOTSE_RECORDINGS, LHOTSE_SUPERVISIONS, MANIFESTS_DIR, NEMO_FILE,
+    AUDIOFOLDER_FILE, AUDIOFOLDER_DROPPED_FILE, AUDIOFOLDER_RUN_FILE, LHOTSE_RECORDINGS, LHOTSE_SUPERVISIONS, MANIFESTS_DIR, NEMO_FILE,
     ManifestWriter, clips, local_locator, output_root,
 )
 from ffleet.request import parse_request
@@ -118,17 +118,21 @@ def test_audiofolder_metadata_keeps_earlier_rows_and_replaces_rewritten_ones(tmp
     _write(tmp_path, first, formats=("audiofolder",), prefix="x/")
     meta = tmp_path / "out/x" / AUDIOFOLDER_FILE
     assert [r["file_name"] for r in _jsonl(meta)] == ["a.flac", "b.flac", "l/00000.flac", "l/00001.flac", "l/00002.flac"]
+    unusable = ["not json, a line someone added", '{"file_name": "../../etc/passwd"}', "[1, 2]",
+                '{"file_name": "/etc/passwd"}', '{"file_name": "a/./b.flac"}', '{"duration": 1}']
     with open(meta, "a", encoding="utf-8") as f:
-        f.write("not json, a line someone added\n")
+        f.write("\n".join(unusable) + "\n")
 
     again = [_plain("b.wav", "x/b.flac", 1.5), _segmented("l.wav", "x/l", [(0, 4.5), (4.5, 9.0)])]
     info = _write(tmp_path, again, formats=("audiofolder",), prefix="x/")
-    lines = meta.read_text(encoding="utf-8").splitlines()
-    assert lines[1] == "not json, a line someone added"
-    rows = [json.loads(line) for line in lines if line.startswith("{")]
+    rows = _jsonl(meta)  # every line a row a loader can use: one bad line fails load_dataset whole
     assert [(r["file_name"], r["duration"]) for r in rows] == [
         ("a.flac", 1.0), ("b.flac", 1.5), ("l/00000.flac", 4.5), ("l/00001.flac", 4.5)]
     assert info["audiofolder"]["rows"] == 3
+    # nothing is lost: the rows no loader could use are in the run's results, and the summary says so
+    moved = tmp_path / "results/run-1" / MANIFESTS_DIR / AUDIOFOLDER_DROPPED_FILE
+    assert moved.read_text(encoding="utf-8").splitlines() == unusable
+    assert info["audiofolder"]["earlier_unusable_rows"] == len(unusable)
     assert len(_jsonl(tmp_path / "results/run-1" / MANIFESTS_DIR / AUDIOFOLDER_RUN_FILE)) == 3  # this run's own rows
 
 

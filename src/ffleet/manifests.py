@@ -18,6 +18,8 @@ MANIFESTS_DIR = "manifests/"  # under the run's results prefix or folder
 NEMO_FILE = "nemo.jsonl"
 AUDIOFOLDER_FILE = "metadata.jsonl"  # the name `datasets` looks for; one sits at the output root
 AUDIOFOLDER_RUN_FILE = "audiofolder-metadata.jsonl"  # this run's rows only, beside the other manifests
+# rows of the earlier metadata.jsonl that no loader could use (kept here, not at the output root)
+AUDIOFOLDER_DROPPED_FILE = "audiofolder-earlier-unusable.jsonl"
 LHOTSE_RECORDINGS = "lhotse-recordings.jsonl.gz"
 LHOTSE_SUPERVISIONS = "lhotse-supervisions.jsonl.gz"
 
@@ -215,6 +217,11 @@ class ManifestWriter:
             results.store(self.folder / AUDIOFOLDER_RUN_FILE, at + AUDIOFOLDER_RUN_FILE, content_type="application/x-ndjson")
             out["audiofolder"] = {"rows": self.rows["audiofolder"],
                                   "files": [outputs.uri(self.root + AUDIOFOLDER_FILE), results.uri(at + AUDIOFOLDER_RUN_FILE)]}
+            if self.unusable_from_before:
+                results.store(self.folder / AUDIOFOLDER_DROPPED_FILE, at + AUDIOFOLDER_DROPPED_FILE,
+                              content_type="application/x-ndjson")
+                out["audiofolder"]["earlier_unusable_rows"] = self.unusable_from_before
+                out["audiofolder"]["files"].append(results.uri(at + AUDIOFOLDER_DROPPED_FILE))
             self._written.close()
         return out
 
@@ -224,30 +231,46 @@ class ManifestWriter:
         rebuilt); then this run's rows. Streamed: neither file is held in memory."""
         self._flush_names()
         merged = self.folder / ("merged-" + AUDIOFOLDER_FILE)
-        kept = 0
-        with open(merged, "wb") as dst:
+        kept = unusable = 0
+        with open(merged, "wb") as dst, open(self.folder / AUDIOFOLDER_DROPPED_FILE, "wb") as dropped:
             try:
                 for line in _lines(outputs.iter_chunks(self.root + AUDIOFOLDER_FILE)):
-                    if line.strip() and not self._rewritten(line):
+                    if not line.strip():
+                        continue
+                    name = _usable_file_name(line)
+                    if name is None:
+                        # one unreadable row makes load_dataset fail, and a name out of the root makes
+                        # it read a file outside the dataset: such rows go to the run's results instead
+                        dropped.write(line.rstrip(b"\r\n") + b"\n")
+                        unusable += 1
+                    elif not self._rewritten(name):
                         dst.write(line.rstrip(b"\r\n") + b"\n")
                         kept += 1
             except NotFound:
                 pass
             with open(self.folder / AUDIOFOLDER_RUN_FILE, "rb") as src:
                 shutil.copyfileobj(src, dst, CHUNK)
-        self.kept_from_before = kept
+        self.kept_from_before, self.unusable_from_before = kept, unusable
         return merged
 
-    def _rewritten(self, line: bytes) -> bool:
-        try:
-            name = json.loads(line).get("file_name")
-        except (ValueError, AttributeError):
-            return False  # not a row ffleet can read: keep it as it was
-        if not isinstance(name, str):
-            return False
+    def _rewritten(self, name: str) -> bool:
         db = self._written
         return bool(db.execute("SELECT 1 FROM name WHERE n = ?", (name,)).fetchone()
                     or db.execute("SELECT 1 FROM folder WHERE f = ?", (posixpath.dirname(name),)).fetchone())
+
+
+def _usable_file_name(line: bytes) -> str | None:
+    """The row's file_name if the row is a JSON object naming a file inside the output root."""
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    name = row.get("file_name") if isinstance(row, dict) else None
+    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name:
+        return None
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return None
+    return name
 
 
 def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:

@@ -240,6 +240,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     elif manifests:
         lines.append("manifests  " + ", ".join(f"{name} {m['rows']} rows" for name, m in manifests.items())
                      + (f" (metadata.jsonl: {manifests['audiofolder']['files'][0]})" if "audiofolder" in manifests else ""))
+        unusable = (manifests.get("audiofolder") or {}).get("earlier_unusable_rows")
+        if unusable:
+            lines.append(f"           {unusable} rows of the earlier metadata.jsonl no loader could use were moved to "
+                         f"{manifests['audiofolder']['files'][-1]}")
     run = summary.get("run") or {}
     if run.get("results"):
         lines.append(f"results    {run['results']}")
