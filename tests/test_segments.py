@@ -354,6 +354,18 @@ def test_long_recordings_are_cut_in_several_runs(talk, tmp_path, monkeypatch):
     assert [s["audio"]["silence_seconds"] for s in rec["segments"]] == pytest.approx([0.5, 1.25, 1.25, 0.5, 0], abs=0.05)
 
 
+def test_more_pieces_than_five_digits_can_name_fail_the_file(talk, tmp_path, monkeypatch):
+    # 10**5 pieces of 1 s is a 28-hour recording; one digit (10 names) makes the 5-piece talk stand in
+    import ffleet.segments
+
+    monkeypatch.setattr(ffleet.segments, "SEGMENT_DIGITS", 0)
+    (tmp_path / "in").symlink_to(talk / "in")
+    _, records = _run(_request(tmp_path))
+    rec = records["rec/talk.wav"]
+    assert rec["status"] == FAILED and "makes 5 segments; at most 1 are named" in rec["detail"]
+    assert not (tmp_path / "out" / "rec" / "talk").exists()
+
+
 def test_pieces_are_encoded_with_the_users_encoder_options(talk, tmp_path):
     sizes = {}
     for level in (0, 12):

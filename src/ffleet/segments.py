@@ -339,6 +339,11 @@ def cut_and_store(*, request: "JobRequest", tokens: dict[str, list[str]], binari
     total = round(out.duration * rate)
     silences = parse_silences(convert_stderr, tokens["output"], out.duration) if seg.at_silence else []
     cut = plan(total, rate, silences, seg)
+    if len(cut.pieces) > 10 ** SEGMENT_DIGITS:  # the names have five digits (docs/contracts.md)
+        result.status, result.reason = FAILED, "invalid_output"
+        result.detail = (f"cutting it at output.segment.max_seconds={seg.max_seconds:g} makes {len(cut.pieces)} "
+                         f"segments; at most {10 ** SEGMENT_DIGITS} are named: raise max_seconds")
+        return
     pieces_dir = slot / "pieces"
     pieces_dir.mkdir()
     confinement = Confinement(read=(str(dst),), write=(str(pieces_dir),),
