@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from run_bench import children_cpu, make_bench_corpus  # noqa: E402
-from start_time import first_exec_ms, stamping_helper  # noqa: E402
+from start_time import first_exec_ms, one_file_job, stamping_helper  # noqa: E402
 
 from ffleet.demo import make_tone  # noqa: E402
 from ffleet.ffmpeg import find_binaries  # noqa: E402
@@ -140,15 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     # start -> first FFmpeg: one 1 s file, stamped by a wrapper around the sandbox helper (start_time.py)
     starts = {name: {"wall_ms": [], "cpu_ms": []} for name in trees}
     if not args.no_start:
-        (wd / "start-in").mkdir(exist_ok=True)
-        if not (wd / "start-in" / "a.wav").exists():
-            make_tone(wd / "start-in" / "a.wav", 1.0)
-        start_request = wd / "start-job.json"
-        start_request.write_text(json.dumps({
-            "name": "start", "input": {"path": str(wd / "start-in")},
-            "output": {"path": str(wd / "start-out"), "file_options": "-ac 1 -ar 48000", "overwrite": True},
-            "results": {"path": str(wd / "start-results")},
-        }))
+        start_request = one_file_job(wd, "start-")
         stamp = wd / "start-stamp"
         helper_wrapper = stamping_helper(wd / "helper-stamp", stamp)
     for name in ([args.only] if args.only else list(CORPORA)):

@@ -89,6 +89,20 @@ def floor_ms() -> float:
     return (time.time() - started) * 1000
 
 
+def one_file_job(wd: Path, name: str) -> Path:
+    """The job whose first FFmpeg the start is timed to: one 1 s tone, overwritten on every run."""
+    (wd / f"{name}in").mkdir(exist_ok=True)
+    if not (wd / f"{name}in" / "a.wav").exists():
+        make_tone(wd / f"{name}in" / "a.wav", 1.0)
+    request = wd / f"{name}job.json"
+    request.write_text(json.dumps({
+        "name": "start", "input": {"path": str(wd / f"{name}in")},
+        "output": {"path": str(wd / f"{name}out"), "file_options": "-ac 1 -ar 48000", "overwrite": True},
+        "results": {"path": str(wd / f"{name}results")},
+    }))
+    return request
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", default=None, help="git ref of the tree to compare with (default: where this branch left main)")
@@ -103,15 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = wd / "stamp"
     wrapper = stamping_helper(wd / "helper-stamp", stamp)
     same_binaries = {"FFLEET_FFMPEG": bins.ffmpeg, "FFLEET_FFPROBE": bins.ffprobe}
-    (wd / "in").mkdir(exist_ok=True)
-    if not (wd / "in" / "a.wav").exists():
-        make_tone(wd / "in" / "a.wav", 1.0)
-    request = wd / "job.json"
-    request.write_text(json.dumps({
-        "name": "start", "input": {"path": str(wd / "in")},
-        "output": {"path": str(wd / "out"), "file_options": "-ac 1 -ar 48000", "overwrite": True},
-        "results": {"path": str(wd / "results")},
-    }))
+    request = one_file_job(wd, "")
     trees = {"this tree": compiled(REPO / "src"), f"old ({args.old})": compiled(old_tree(args.old, wd / "old"))}
     times: dict[str, list[float]] = {name: [] for name in [*trees, "python -c pass"]}
     cpus: dict[str, list[float]] = {name: [] for name in trees}
