@@ -26,7 +26,8 @@ from ffleet.batch_worker import (
     stop_grace_from_env,
 )
 from ffleet.ffmpeg import find_binaries
-from ffleet.worker import cgroup_cpu_limit, default_workers
+from ffleet.cpus import cgroup_cpu_limit
+from ffleet.worker import default_workers
 
 IN, OUT, RESULTS = "media-in", "media-out", "ffleet-results"
 # What container/Dockerfile sets: Debian's ffmpeg and ffprobe (bookworm's 5.1, as on this machine).

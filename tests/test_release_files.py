@@ -243,6 +243,10 @@ def test_images_are_labelled_with_version_revision_source_and_licences(target):
         assert arg in args, f"{arg} is not declared in the {target} image's stages"
     licences = set(re.split(r"\s+AND\s+", labels["org.opencontainers.image.licenses"]))
     assert "MIT-0" in licences
+    # every image carries PyAV (the verifier), whose libav reports LGPL-3.0-or-later and which bundles
+    # libx264/libx265 (GPL-2.0-or-later): NOTICE says so
+    assert {"LGPL-3.0-or-later", "GPL-2.0-or-later"} <= licences, f"the {target} image carries PyAV; its label says {licences}"
+    assert "LGPL-3.0-or-later" in (REPO / "NOTICE").read_text() and "libx264" in (REPO / "NOTICE").read_text()
     for build in shipped_ffmpeg(target):
         title = f"{build['name']} {build['version']}" if build["kind"] == "wheel" else f"package {build['name']}"
         spdx = _section(title)[1]["License"].split()[0].rstrip(".")
