@@ -242,6 +242,14 @@ def _map_run(running: int, succeeded: int, failed: int, pending: int, items_per_
             "itemCounts": counts(items_per_child), "executionCounts": counts(1)}
 
 
+def _listed_map_run(stub, **counts) -> None:
+    """ListMapRuns finds the run's map run; DescribeMapRun gives its child executions' counts."""
+    stub.add_response("list_map_runs", {"mapRuns": [{"executionArn": ARN, "mapRunArn": MAP_RUN, "startDate": T0,
+                                                   "stateMachineArn": MAP_RUN.replace(":mapRun:", ":stateMachine:")}]},
+                      {"executionArn": ARN})
+    stub.add_response("describe_map_run", _map_run(**counts), {"mapRunArn": MAP_RUN})
+
+
 @pytest.fixture
 def stubbed():
     """A stubbed Step Functions client and a moto S3 holding the run's results bucket."""
@@ -310,10 +318,7 @@ def test_running_then_succeeded_shows_progress_and_exits_0(stubbed, monkeypatch,
     s.add_response("describe_execution", _describe("RUNNING"), {"executionArn": ARN})
     s.add_response("list_map_runs", {"mapRuns": []}, {"executionArn": ARN})  # still listing the inputs
     s.add_response("describe_execution", _describe("RUNNING"), {"executionArn": ARN})
-    s.add_response("list_map_runs", {"mapRuns": [{"executionArn": ARN, "mapRunArn": MAP_RUN, "startDate": T0,
-                                                "stateMachineArn": MAP_RUN.replace(":mapRun:", ":stateMachine:")}]},
-                   {"executionArn": ARN})
-    s.add_response("describe_map_run", _map_run(running=4, succeeded=2, failed=1, pending=3), {"mapRunArn": MAP_RUN})
+    _listed_map_run(s, running=4, succeeded=2, failed=1, pending=3)
     s.add_response("describe_execution", _describe("SUCCEEDED"), {"executionArn": ARN})
     s.add_response("describe_map_run", _map_run(running=0, succeeded=9, failed=1, pending=0), {"mapRunArn": MAP_RUN})
     _records(stubbed.s3, "b1", *["succeeded"] * 9, "failed")  # one file of a succeeded batch failed
@@ -470,10 +475,7 @@ def test_a_caught_job_failure_counts_as_a_failed_batch(stubbed):
     """The pipeline's Catch turns a failed Batch job into a succeeded child; it is the one without records."""
     s = stubbed.stub
     s.add_response("describe_execution", _describe("RUNNING"), {"executionArn": ARN})
-    s.add_response("list_map_runs", {"mapRuns": [{"executionArn": ARN, "mapRunArn": MAP_RUN, "startDate": T0,
-                                                "stateMachineArn": MAP_RUN.replace(":mapRun:", ":stateMachine:")}]},
-                   {"executionArn": ARN})
-    s.add_response("describe_map_run", _map_run(running=1, succeeded=3, failed=0, pending=0), {"mapRunArn": MAP_RUN})
+    _listed_map_run(s, running=1, succeeded=3, failed=0, pending=0)
     _records(stubbed.s3, "b1", *["succeeded"] * 10)
     _records(stubbed.s3, "b2", *["succeeded"] * 10)
     snap = _watch(stubbed, FakeTime()).poll()
@@ -594,10 +596,7 @@ def test_a_hostile_key_in_the_summary_cannot_drive_the_terminal(stubbed, capsys)
 def test_a_run_that_has_already_ended_is_summarized_without_reading_its_records(stubbed, capsys):
     s = stubbed.stub
     s.add_response("describe_execution", _describe("SUCCEEDED"), {"executionArn": ARN})
-    s.add_response("list_map_runs", {"mapRuns": [{"executionArn": ARN, "mapRunArn": MAP_RUN, "startDate": T0,
-                                                "stateMachineArn": MAP_RUN.replace(":mapRun:", ":stateMachine:")}]},
-                   {"executionArn": ARN})
-    s.add_response("describe_map_run", _map_run(running=0, succeeded=2, failed=0, pending=0), {"mapRunArn": MAP_RUN})
+    _listed_map_run(s, running=0, succeeded=2, failed=0, pending=0)
     _records(stubbed.s3, "b1", *["succeeded"] * 10)
     _summary(stubbed.s3, within=True)
     fake = FakeTime()
