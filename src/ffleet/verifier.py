@@ -1,6 +1,7 @@
 """The sandboxed verifier: long-lived PyAV processes that read outputs back, one JSON line per request."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -54,6 +55,13 @@ class Answer:
 
 def available() -> bool:
     """Whether `av` is installed (found, not imported: importing it costs ffleet 60 ms at start)."""
+    if "av" in sys.modules:  # imported here already, or made unimportable (None)
+        return sys.modules["av"] is not None
+    return _av_installed()
+
+
+@functools.cache  # asked for every output: find_spec walks sys.path (about 57 us), installs do not change mid-run
+def _av_installed() -> bool:
     try:
         return find_spec("av") is not None
     except (ImportError, ValueError):
