@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
 from ffleet.results import SUCCEEDED, ItemResult
-from ffleet.storage import CHUNK, LocalStorage, NotFound, Storage
+from ffleet.storage import CHUNK, LocalStorage, NotFound, Storage, local_key_problem
 
 FORMATS = ("nemo", "audiofolder", "lhotse")
 MANIFESTS_DIR = "manifests/"  # under the run's results prefix or folder
@@ -266,9 +266,9 @@ def _usable_file_name(line: bytes) -> str | None:
     except (ValueError, RecursionError):
         return None
     name = row.get("file_name") if isinstance(row, dict) else None
-    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name:
-        return None
-    if any(part in ("", ".", "..") for part in name.split("/")):
+    # a name that is one distinct file inside the root, as a key of a local folder must be; no '\\',
+    # which a Windows loader reads as a separator
+    if not isinstance(name, str) or local_key_problem(name) or "\\" in name:
         return None
     return name
 
