@@ -14,6 +14,9 @@ Printed per corpus: median wall and CPU seconds with their spread, the speed rat
 (median of the per-round ratios: each round's runs are neighbours in time, which matters on a shared
 machine), and ffleet's own CPU per file: (ffleet's CPU - xargs' CPU) / files, everything but FFmpeg's
 conversion (Python start, imports, bookkeeping, verification, the exec prefix). Target: <= 3 ms.
+That figure is split in two, from a one-file run of each way after each timed run: the CPU a run
+costs whatever its size (ffleet's CPU on one file - xargs' on the same file: Python's start, imports,
+the verifier's start, the summary) and what each further file adds ((own - per run) / (files - 1)).
 Then, in the same run: the time from spawning `ffleet run` to its first FFmpeg (bench/start_time.py's
 measurement, one sample per tree per round, interleaved with the conversions). Target: < 100 ms.
 """
@@ -167,17 +170,38 @@ def main(argv: list[str] | None = None) -> int:
             ways["ffleet_pyav"] = lambda: run_ffleet(
                 trees["ffleet"], corpus, out_dir("ffleet_pyav"), wd / "targets-out" / "ffleet_pyav.results",
                 transform, ext, args.workers, wd, {**same_binaries, "FFLEET_VERIFY": "pyav"})
+        # the same ways on one file of the corpus: what a run costs whatever its size (Python's start
+        # and imports, the verifier's start, the summary), to split ffleet's own CPU into that and
+        # what each further file adds
+        one = wd / f"targets-{name}-one"
+        subprocess.run(["rm", "-rf", str(one)], check=True)
+        one.mkdir(parents=True)
+        os.link(files[0], one / files[0].name)
+        ways_one = {"xargs": lambda: run_xargs([one / files[0].name], one, out_dir("xargs-one"), transform, ext,
+                                               args.workers, bins.ffmpeg)}
+        for tree_name, src in trees.items():
+            ways_one[tree_name] = (lambda s=src, w=tree_name: run_ffleet(
+                s, one, out_dir(w + "-one"), wd / "targets-out" / (w + "-one.results"), transform, ext, args.workers,
+                wd, same_binaries))
+        if not args.no_pyav_way:
+            ways_one["ffleet_pyav"] = lambda: run_ffleet(
+                trees["ffleet"], one, out_dir("ffleet_pyav-one"), wd / "targets-out" / "ffleet_pyav-one.results",
+                transform, ext, args.workers, wd, {**same_binaries, "FFLEET_VERIFY": "pyav"})
         wall = {w: [] for w in ways}
         cpu = {w: [] for w in ways}
+        cpu_one = {w: [] for w in ways}
         names = list(ways)
         for rnd in range(args.rounds + 1):
             for way in names[rnd % len(names):] + names[: rnd % len(names)]:
                 c0, t0 = children_cpu(), time.perf_counter()
                 ways[way]()
                 w, c = time.perf_counter() - t0, children_cpu() - c0
+                c1 = children_cpu()
+                ways_one[way]()
                 if rnd:
                     wall[way].append(w)
                     cpu[way].append(c)
+                    cpu_one[way].append(children_cpu() - c1)
             for tree_name, src in ([] if args.no_start else trees.items()):
                 ms, cpu_ms = first_exec_ms(src, start_request, helper_wrapper, stamp, same_binaries)
                 if rnd:
@@ -193,11 +217,17 @@ def main(argv: list[str] | None = None) -> int:
         for way in names[1:]:
             speed = [x / f for x, f in zip(wall["xargs"], wall[way])]  # per round: neighbours in time
             own = [(f - x) / n * 1000 for x, f in zip(cpu["xargs"], cpu[way])]
-            result[way] = {"speed_vs_xargs": speed, "own_cpu_ms_per_file": own}
+            # per round: a one-file run's own CPU (fixed, ms per run), and what each further file adds
+            fixed = [(f - x) * 1000 for x, f in zip(cpu_one["xargs"], cpu_one[way])]
+            marginal = [(o * n - fx) / (n - 1) for o, fx in zip(own, fixed)]
+            result[way] = {"speed_vs_xargs": speed, "own_cpu_ms_per_file": own, "fixed_cpu_ms_per_run": fixed,
+                           "marginal_cpu_ms_per_file": marginal}
             own_of_medians = (statistics.median(cpu[way]) - statistics.median(cpu["xargs"])) / n * 1000
             result[way]["own_cpu_ms_per_file_from_medians"] = own_of_medians
             line = (f"  {way:16} speed vs xargs {spread(speed, '{:.3f}')}; "
-                    f"own CPU per file {spread(own, '{:.1f}')} ms per round, {own_of_medians:.1f} ms from the medians")
+                    f"own CPU per file {spread(own, '{:.1f}')} ms per round, {own_of_medians:.1f} ms from the medians\n"
+                    f"  {'':16} of which per run (a one-file run's own CPU) {spread(fixed, '{:.0f}')} ms, "
+                    f"per further file {spread(marginal, '{:.1f}')} ms")
             if way in ("ffleet", "ffleet_pyav"):
                 met_speed = statistics.median(speed) >= target
                 met_cpu = statistics.median(own) <= CPU_TARGET_MS

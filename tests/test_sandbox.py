@@ -305,3 +305,17 @@ def test_the_helper_builds_from_source(tmp_path):
         pytest.skip("no C compiler")
     built = sandbox.build_helper(tmp_path / "helper")
     assert json.loads(subprocess.run([str(built), "--probe"], capture_output=True, text=True).stdout)["seccomp"] is True
+
+
+def test_ffmpeg_gets_a_fixed_path_and_locale_and_only_the_gpu_and_qemu_variables(monkeypatch):
+    # FFmpeg runs with none of ffleet's environment (AWS credentials, a user's PATH): only the
+    # variables the NVIDIA runtime and QEMU need pass
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("PATH", "/home/someone/bin:/usr/bin")
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setenv("QEMU_LD_PREFIX", "/usr/aarch64-linux-gnu")
+    monkeypatch.setenv("XNVIDIA_NOT_A_PREFIX", "x")
+    env = sandbox.child_env()
+    assert env == {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C", "NVIDIA_VISIBLE_DEVICES": "0",
+                   "CUDA_VISIBLE_DEVICES": "1", "QEMU_LD_PREFIX": "/usr/aarch64-linux-gnu"}

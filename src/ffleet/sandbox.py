@@ -207,7 +207,9 @@ def _setpriv_prefix() -> tuple[str, ...]:
 def child_env() -> dict[str, str]:
     """The environment FFmpeg runs with: a fixed PATH and locale, nothing of ffleet's own."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"}
-    env.update({k: v for k, v in os.environ.items() if k.startswith(_KEPT_ENV_PREFIXES)})
+    # keys first, values only of the kept ones: os.environ decodes each value it hands out, and this
+    # runs for every FFmpeg
+    env.update({k: os.environ[k] for k in os.environ if k.startswith(_KEPT_ENV_PREFIXES)})
     return env
 
 
