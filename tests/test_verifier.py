@@ -375,3 +375,30 @@ def test_threads_share_a_verifier_but_a_stuck_one_holds_up_no_one(tmp_path, tone
     finally:
         pool.close()
     assert all(_reaped(pid) for pid in misbehaving_verifier)
+
+
+def test_a_verifier_that_does_not_end_is_waited_for_no_longer_than_the_timeout():
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        started = time.monotonic()
+        with pytest.raises(subprocess.TimeoutExpired):
+            verifier._wait4(proc.pid, 0.3)
+        assert time.monotonic() - started < 10  # bounded by the timeout, not by the child's 30 s
+    finally:
+        proc.kill()
+    status, usage = verifier._wait4(proc.pid, 10)  # ended now: reaped, with its CPU
+    assert os.waitstatus_to_exitcode(status) == -9 and usage.ru_utime >= 0
+    proc.returncode = -9  # reaped here, not by Popen
+
+
+def test_a_verifier_ends_at_the_end_of_its_input_without_a_traceback(tmp_path):
+    # the batch waits for it at its end: it leaves with os._exit once stdin is done, and with code 0
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-P", "-s", "-m", "ffleet.verifier"], input=b'{"hello": true}\n',
+                          capture_output=True, timeout=60, env={**verifier.server_env(), "PYTHONPATH": str(Path(verifier.__file__).parents[1])})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(b'{"ready": true') and proc.stderr == b""
