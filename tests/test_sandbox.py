@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -319,3 +320,24 @@ def test_ffmpeg_gets_a_fixed_path_and_locale_and_only_the_gpu_and_qemu_variables
     env = sandbox.child_env()
     assert env == {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C", "NVIDIA_VISIBLE_DEVICES": "0",
                    "CUDA_VISIBLE_DEVICES": "1", "QEMU_LD_PREFIX": "/usr/aarch64-linux-gnu"}
+
+
+def test_ffmpeg_inherits_no_descriptor_of_ffleet_beyond_stdin_stdout_and_stderr(tmp_path):
+    # a descriptor ffleet's process holds inheritable (a library's, say) must not reach the program
+    # (close_fds: posix_spawn, which closes nothing itself, measured no cheaper per file here)
+    _complete_sandbox()
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash here")
+    read_end, write_end = os.pipe()
+    leaked = 57
+    os.dup2(write_end, leaked, inheritable=True)
+    try:
+        # bash builtins only (no new process, no file opened): write to the inherited descriptor
+        run = run_process([bash, "-c", f"echo leaked >&{leaked}; echo done"], timeout=30)
+    finally:
+        os.close(leaked)
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read() == b""  # every writer is closed now: EOF, nothing written
+    assert "Bad file descriptor" in run.stderr, run.stderr
