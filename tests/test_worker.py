@@ -325,3 +325,61 @@ def test_without_an_extension_change_outputs_cannot_collide(tmp_path, tone_cache
     assert sorted((r.key, r.status, r.output_key) for r in run_items(ctx, items, workers=2)) == [
         ("song.mp3", SUCCEEDED, "song.mp3"), ("song.wav", SUCCEEDED, "song.wav")]
     assert not list((tmp_path / "work").glob("claims-*"))  # no claims kept, and none left behind
+
+
+def test_no_more_ffmpegs_run_at_once_than_workers(tmp_path, tone_cache, monkeypatch):
+    # twice as many threads as workers: the others fetch, read back and store meanwhile
+    import threading
+    import time
+
+    from ffleet import worker
+
+    ctx = make_ctx(tmp_path)
+    items = [put(tmp_path, f"g{i}.wav", tone_cache(".wav", 1.0)) for i in range(8)]
+    lock, running, most = threading.Lock(), [0], [0]
+    real = worker.run_process
+
+    def counting(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.05)  # long enough for every thread to reach its FFmpeg
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(worker, "run_process", counting)
+    results = list(run_items(ctx, items, workers=2))
+    assert [r.status for r in results] == [SUCCEEDED] * 8
+    assert most[0] == 2
+
+
+def test_a_slow_fetch_does_not_keep_the_cpu_idle(tmp_path, tone_cache, monkeypatch):
+    # one worker: while the first file is fetched slowly (S3's latency), the second one converts
+    import threading
+    import time
+
+    from ffleet import worker
+
+    ctx = make_ctx(tmp_path)
+    items = [put(tmp_path, f"g{i}.wav", tone_cache(".wav", 1.0)) for i in range(2)]
+    events: list[str] = []
+    real_fetch, real_run = ctx.input_store.readable_path, worker.run_process
+
+    def slow_fetch(key, staging):
+        if key == "g0.wav":
+            time.sleep(1.0)
+            events.append("g0 fetched")
+        return real_fetch(key, staging)
+
+    def recording_run(argv, *args, **kwargs):
+        events.append("ffmpeg " + ("g0" if any(a.endswith("g0.wav") for a in argv) else "g1"))
+        return real_run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(ctx.input_store, "readable_path", slow_fetch)
+    monkeypatch.setattr(worker, "run_process", recording_run)
+    results = list(run_items(ctx, items, workers=1))
+    assert sorted(r.status for r in results) == [SUCCEEDED, SUCCEEDED]
+    assert events.index("ffmpeg g1") < events.index("g0 fetched"), events

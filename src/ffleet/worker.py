@@ -1,6 +1,7 @@
 """The worker: one file through fetch -> FFmpeg -> verify -> store, and a batch of files in a pool."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -143,6 +144,8 @@ class WorkContext:
     sandbox: SandboxStatus = field(init=False)
     # the sandboxed PyAV verifiers that read outputs back (ffleet.verifier): the work folder only
     verifiers: VerifierPool = field(init=False, repr=False)
+    # one permit per FFmpeg that may run at once (run_items sets `workers` of them); None: no limit
+    ffmpeg_slots: threading.Semaphore | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         # before any file is touched: a request that requires the sandbox refuses to start without it
@@ -307,12 +310,16 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
         return
     # 3. FFmpeg into a temp file; it becomes the output only after it probes as valid.
     dst = slot / ("output" + _temp_suffix(out_key))
-    run = run_process(
-        ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry,
-        stderr_limit=_quality().ANALYSIS_STDERR_LIMIT if ctx.measuring or ctx.segmenting else 64_000,
-        # the kernel keeps FFmpeg to its input and this file's own folder, whatever its options say
-        confinement=Confinement(read=(str(src),), write=(str(slot),), max_output_bytes=req.processing.max_output_bytes),
-    )
+    with _ffmpeg_slot(ctx):
+        if ctx.registry.stopping.is_set():  # stopped while this file waited for its turn
+            result.status, result.reason, result.detail = NOT_DONE, "interrupted", "stopped before this file started"
+            return
+        run = run_process(
+            ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry,
+            stderr_limit=_quality().ANALYSIS_STDERR_LIMIT if ctx.measuring or ctx.segmenting else 64_000,
+            # the kernel keeps FFmpeg to its input and this file's own folder, whatever its options say
+            confinement=Confinement(read=(str(src),), write=(str(slot),), max_output_bytes=req.processing.max_output_bytes),
+        )
     result.cpu_seconds += run.cpu_seconds
     info = parse_input_info(run.stderr)
     if info.parsed:
@@ -378,10 +385,11 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
         return
     result.bytes_out = dst.stat().st_size
     if ctx.segmenting:  # 5-6. cut, verify, measure and store each piece instead
-        _segments().cut_and_store(
-            request=req, tokens=ctx.tokens, binaries=ctx.binaries, registry=ctx.registry, guard=ctx.output_guard,
-            store=ctx.output_store, slot=slot, dst=dst, out_key=out_key, out=out_read.info, convert_stderr=run.stderr,
-            result=result, measuring=ctx.measure_segments, verifiers=ctx.verifiers)
+        with _ffmpeg_slot(ctx):  # the cut is FFmpeg's work too
+            _segments().cut_and_store(
+                request=req, tokens=ctx.tokens, binaries=ctx.binaries, registry=ctx.registry, guard=ctx.output_guard,
+                store=ctx.output_store, slot=slot, dst=dst, out_key=out_key, out=out_read.info, convert_stderr=run.stderr,
+                result=result, measuring=ctx.measure_segments, verifiers=ctx.verifiers)
         return
     # 5. Quality: measurements into the record; a file failing a filter ends as rejected.
     result.status = SUCCEEDED
@@ -389,6 +397,12 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
         return
     # 6. Store: atomic for folders (temp + rename), whole-object for S3.
     ctx.output_store.store(dst, out_key)
+
+
+def _ffmpeg_slot(ctx: WorkContext):
+    """Held while FFmpeg converts or cuts: `workers` FFmpegs at once, while the other threads fetch,
+    read back and store (their next FFmpeg starts as soon as one ends, not after its file's bookkeeping)."""
+    return ctx.ffmpeg_slots if ctx.ffmpeg_slots is not None else contextlib.nullcontext()
 
 
 def _verify_output(ctx: WorkContext, out: MediaInfo | None, result: ItemResult) -> str | None:
@@ -450,13 +464,19 @@ def run_items(
 ) -> Iterator[ItemResult]:
     """Process items with `workers` FFmpeg processes at once; yields results as they finish.
 
-    Threads drive the pool: each one spends its time waiting on an FFmpeg child process (the GIL is
-    released), so threads give one FFmpeg per CPU without pickling or forking per file. At most
+    Threads drive the pool: each one spends its time waiting on an FFmpeg child process, S3 or the
+    verifier (the GIL is released), so threads give one FFmpeg per CPU without pickling or forking per
+    file. 2 x workers threads, each with its own file, of which `workers` may run FFmpeg at once
+    (ctx.ffmpeg_slots): a CPU is not left idle while a thread reads back or stores its file. At most
     2 x workers items are in flight, so memory does not grow with the batch size. After
     ctx.registry.stop_all() every remaining item is yielded as not_done. `on_started()` is called once
     the first files have been handed to the pool, before the first result.
     """
     workers = workers or default_workers()
+    # `workers` FFmpegs at once, and as many threads again: while one file is fetched, read back or
+    # stored, another thread's FFmpeg holds the CPU (on S3 a fetch or an upload takes longer than many
+    # conversions)
+    ctx.ffmpeg_slots = threading.BoundedSemaphore(workers)
     iterator = iter(items)
     in_flight: set[Future] = set()
     lock = threading.Lock()
@@ -486,7 +506,7 @@ def run_items(
         return True
 
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ffleet") as pool:
+        with ThreadPoolExecutor(max_workers=2 * workers, thread_name_prefix="ffleet") as pool:
             while len(in_flight) < 2 * workers and submit_next(pool):
                 pass
             if on_started:
