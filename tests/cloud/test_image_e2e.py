@@ -288,8 +288,8 @@ def test_the_cpu_image_stays_under_300_mb(target):
 
 
 # What the image's libx265 stub must do (container/Dockerfile): libavcodec asks it for an encoder at
-# every codec lookup and gets none, so PyAV lists libx265 without pixel formats and refuses to open
-# it with an error instead of crashing
+# its first codec lookup (`import av`) and gets none, so PyAV lists libx265 without pixel formats and
+# refuses to open it with an error instead of crashing
 _NO_X265 = """
 import av
 codec = av.codec.Codec("libx265", "w")
