@@ -274,6 +274,46 @@ def test_each_image_processes_the_corpus_like_ffleet_run(moto_s3, corpus, tmp_pa
     assert {k: _outcome(r) for k, r in cloud_records.items()} == {k: _outcome(r) for k, r in local_records.items()}
 
 
+# issue 15: every Batch host pulls the image before its first file (docker's MB: 10^6 bytes)
+CPU_IMAGE_LIMIT_MB = 300
+
+
+@pytest.mark.parametrize("target", ["cpu", "cpu-arm64"])
+def test_the_cpu_image_stays_under_300_mb(target):
+    image = imagekit.need_image(target)
+    size = imagekit.image_size_mb(image)
+    assert size < CPU_IMAGE_LIMIT_MB, (
+        f"the {target} image {image} is {size:.1f} MB, over {CPU_IMAGE_LIMIT_MB}: see what takes the space with "
+        f"docker history {image} (docs/worker-image.md lists what was cut and why)")
+
+
+# What the image's libx265 stub must do (container/Dockerfile): libavcodec asks it for an encoder at
+# its first codec lookup (`import av`) and gets none, so PyAV lists libx265 without pixel formats and
+# refuses to open it with an error instead of crashing
+_NO_X265 = """
+import av
+codec = av.codec.Codec("libx265", "w")
+assert codec.video_formats is None, f"a libx265 with pixel formats: {codec.video_formats}"
+with av.open("/tmp/x.mkv", "w") as out:
+    stream = out.add_stream("libx265", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+    try:
+        stream.encode(av.VideoFrame(64, 64, "yuv420p"))
+    except av.error.ExternalError as exc:
+        print("refused:", exc)
+    else:
+        raise SystemExit("libx265 encoded a frame")
+"""
+
+
+@pytest.mark.parametrize("target", ["cpu", "cpu-arm64"])
+def test_pyav_in_the_image_refuses_libx265_without_crashing(target):
+    image = imagekit.need_image(target)
+    proc = imagekit.docker("run", "--rm", "--entrypoint", "python", image, "-c", _NO_X265, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused: " in proc.stdout and "libx265" in proc.stdout, proc.stdout
+
+
 def test_the_container_bench_harness_runs(tmp_path):
     """bench/container_ratio.py on 3 files, one round: it converts them both ways in the cpu image and
     writes its figures (the harness, not the figures: those are the bench's to print)."""
