@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ffleet.request import JobRequest, RequestError, SegmentSpec, parse_request
+from ffleet.request import Field, JobRequest, RequestError, SegmentSpec, parse_request
 
 BASE = {"name": "t", "input": {"s3_bucket": "in", "s3_prefix": "media/"}, "output": {"s3_bucket": "out"}}
 
@@ -203,3 +203,48 @@ def test_a_parsed_section_is_taken_as_it_is():
     r = parse_request(BASE)
     again = parse_request({**BASE, "processing": r.processing, "quality": r.quality})
     assert again.processing is r.processing
+
+
+def test_integers_at_the_edges_of_64_bits():
+    # pydantic reads a float as an integer only strictly inside the 64-bit range
+    for edge in (float(2**63), -float(2**63)):
+        assert problems(req("processing", files_per_job=edge)) == {"processing.files_per_job": TOO_LONG}
+    assert problems(req("processing", files_per_job=float(2**62))) == {
+        "processing.files_per_job": "Input should be less than or equal to 100000"}
+    assert problems(req("output", overwrite=-float(2**63))) == {"output.overwrite": "Input should be a valid boolean"}
+
+
+@pytest.mark.parametrize("given", ["1_", "10_", "\x1c2.5", "2.5\x1c"])
+def test_more_numbers_refused(given):
+    assert problems(req("processing", tolerated_failure_percent=given)) == {
+        "processing.tolerated_failure_percent": UNPARSABLE_NUMBER}
+
+
+def test_a_list_item_of_another_type_is_named_with_its_position():
+    assert problems(req("input", extensions=[".wav", 5])) == {"input.extensions[1]": "Input should be a valid string"}
+
+
+def test_decimal_bounds_are_shown_as_written():
+    assert problems({**BASE, "output": {"s3_bucket": "out", "segment": {"min_silence_seconds": 0}}}) == {
+        "output.segment.min_silence_seconds": "Input should be greater than or equal to 0.01"}
+    assert problems(req("quality", max_seconds=0)) == {"quality.max_seconds": "Input should be greater than 0"}
+
+
+def test_an_exclusive_upper_bound():
+    f = Field(float, None, lt=5)
+    problems_: list = []
+    assert f.read(4.5, "x", problems_) == 4.5 and not problems_
+    f.read(5, "x", problems_)
+    assert problems_ == [("x", "Input should be less than 5")]
+
+
+def test_json_lists_are_copies():
+    r = parse_request(req("input", extensions=[".wav"]))
+    r.to_json_dict()["input"]["extensions"].append(".mp3")
+    assert r.input.extensions == [".wav"]
+
+
+def test_a_path_that_cannot_be_encoded_is_a_problem_of_the_request_not_a_crash():
+    # a lone surrogate cannot name a file: resolving it to compare input and output folders fails
+    p = problems({"name": "t", "input": {"path": "/tmp/\ud800in"}, "output": {"path": "/tmp/out"}})
+    assert list(p) == ["(request)"] and "surrogates not allowed" in p["(request)"]
