@@ -32,9 +32,11 @@ print(json.dumps({"code": code, **seen, "end": sorted(sys.modules)}), file=sys.s
 
 # Needed by a run that reads S3, draws a progress bar or measures quality; a plain local run pays
 # for each of them before its first FFmpeg if it imports them. pydantic (50-90 ms to import, more to
-# build models) validates only the summarize Lambda's event: the request is read without it.
+# build models) validates only the summarize Lambda's event: the request is read without it. The
+# command line builds only the parser of the command given, so `plan`'s defaults are not imported.
 NOT_AT_START = ("boto3", "botocore", "rich", "ffleet.audio_quality", "ffleet.report",
-                "ffleet.summarize", "ffleet.batch_worker", "sqlite3", "s3transfer", "pydantic", "pydantic_core")
+                "ffleet.summarize", "ffleet.batch_worker", "sqlite3", "s3transfer", "pydantic", "pydantic_core",
+                "ffleet.plan")
 
 
 def _modules(tmp_path, request: dict, *flags: str) -> dict:
