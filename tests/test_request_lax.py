@@ -33,6 +33,7 @@ TOO_LONG = "Unable to parse input string as an integer, exceeded maximum size"
 @pytest.mark.parametrize("given,read", [
     (10, 10), (10.0, 10), (True, 1), ("10", 10), (" 10 ", 10), ("\t10\n", 10), ("\u00a010\u3000", 10), ("+10", 10),
     ("10.0", 10), ("10.000", 10), ("0010", 10), ("1_0", 10), ("0_0_10", 10), ("00_1.00", 1), ("9" * 4300, int("9" * 4300)),
+    ("1" + "_1" * 2200, int("1" * 2201)),  # 4,401 characters, but 2,201 digits: within the 4,300 digits allowed
 ])
 def test_integers_from_numbers_and_numeric_text(given, read):
     if read > 100_000:  # past the bound: read, then refused by it
@@ -186,6 +187,8 @@ def test_sections_compare_by_value_and_show_their_fields():
     b.output.overwrite = True  # tests set fields of a parsed request directly
     assert a != b
     assert repr(a.global_) == "GlobalSpec(options=None)"
+    assert repr(a.output.segment) == "None" and repr(SegmentSpec()) == (
+        "SegmentSpec(max_seconds=30, min_seconds=2, at_silence=True, silence_db=-40, min_silence_seconds=0.3)")
 
 
 def test_a_section_built_from_keywords_is_validated():
@@ -248,3 +251,12 @@ def test_a_path_that_cannot_be_encoded_is_a_problem_of_the_request_not_a_crash()
     # a lone surrogate cannot name a file: resolving it to compare input and output folders fails
     p = problems({"name": "t", "input": {"path": "/tmp/\ud800in"}, "output": {"path": "/tmp/out"}})
     assert list(p) == ["(request)"] and "surrogates not allowed" in p["(request)"]
+
+
+def test_a_symlink_loop_in_a_folder_is_a_problem_of_that_field(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    p = problems({"name": "t", "input": {"path": str(tmp_path / "loop" / "in")}, "output": {"path": str(tmp_path / "out")}})
+    assert list(p) == ["input.path"] and "loop" in p["input.path"]
+    p = problems({"name": "t", "input": {"path": str(tmp_path / "in")}, "output": {"path": str(tmp_path / "out")},
+                  "results": {"path": str(tmp_path / "loop" / "r")}})
+    assert list(p) == ["results.path"] and "loop" in p["results.path"]

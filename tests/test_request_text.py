@@ -121,4 +121,5 @@ def test_to_json_dict_is_plain_json():
 def test_an_endless_file_is_refused_after_one_byte_past_the_limit():
     # /dev/zero has no size to report: the bytes read are counted instead
     [(field, message)] = problems(load_request, "/dev/zero")
-    assert field == "(request)" and message.startswith(f"/dev/zero is {MAX_REQUEST_BYTES + 1:,} bytes; ")
+    assert (field, message) == ("(request)", f"/dev/zero is {MAX_REQUEST_BYTES + 1:,} bytes; a request may be at most "
+                                             "262,144 bytes (256 KiB, the Step Functions input limit)")

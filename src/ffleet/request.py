@@ -177,7 +177,7 @@ class Field:
     # fields are made when the module is imported, before mutmut can switch a mutant on
     def __init__(self, kind: Any, default: Any = ..., *, ge: float | None = None, gt: float | None = None,  # pragma: no mutate block
                  le: float | None = None, lt: float | None = None, check: Any = None, alias: str | None = None,
-                 null_is_default: bool = False, description: str = ""):
+                 null_is_default: bool = False, description: str = ""):  # pragma: no mutate
         self.kind, self.default, self.check, self.alias = kind, default, check, alias
         self.ge, self.gt, self.le, self.lt = ge, gt, le, lt
         self.null_is_default, self.description = null_is_default, description
@@ -423,7 +423,7 @@ class OutputSpec(_Spec):
             raise ValueError("give either s3_bucket or path, not both")
         # FFmpeg picks the muxer from the output name's last extension: the suffix's, if it has one
         tail = (self.extension or "") + self.s3_suffix
-        why = refused_output_extension(tail) if "." in tail else None
+        why = refused_output_extension(tail)
         if why:
             raise ValueError(f"output.{'s3_suffix' if '.' in self.s3_suffix else 'extension'}: {why}")
 
@@ -526,12 +526,12 @@ class JobRequest(_Spec):
             if not out.s3_prefix and not out.s3_suffix and not out.extension:
                 raise ValueError("output.s3_prefix: output keys would equal the input keys; set a prefix or suffix")
         if inp.path and out.path:
-            a, b = Path(inp.path).resolve(), Path(out.path).resolve()
+            a, b = _resolved(inp.path, "input.path"), _resolved(out.path, "output.path")
             if a == b or a in b.parents or b in a.parents:
                 raise ValueError(f"output.path: {out.path!r} overlaps input.path {inp.path!r}; use separate folders")
         loc = self.results_location()
         if loc.get("path") and inp.path:
-            r, a = Path(loc["path"]).resolve(), Path(inp.path).resolve()
+            r, a = _resolved(loc["path"], "results.path"), _resolved(inp.path, "input.path")
             if r == a or a in r.parents:
                 raise ValueError(f"results.path: results would land inside input.path {inp.path!r}")
         if loc.get("s3_bucket") and loc["s3_bucket"] == inp.s3_bucket and not inp.manifest:
@@ -563,6 +563,13 @@ class JobRequest(_Spec):
             "input": parse_options(self.input.file_options or ""),
             "output": parse_options(self.output.file_options or ""),
         }
+
+
+def _resolved(path: str, field: str) -> Path:
+    try:
+        return Path(path).resolve()
+    except RuntimeError as exc:  # a symlink loop: Python 3.11 and 3.12 raise it, not OSError
+        raise ValueError(f"{field}: {exc}") from None
 
 
 def _dir(prefix: str) -> str:
