@@ -260,3 +260,9 @@ def test_a_symlink_loop_in_a_folder_is_a_problem_of_that_field(tmp_path):
     p = problems({"name": "t", "input": {"path": str(tmp_path / "in")}, "output": {"path": str(tmp_path / "out")},
                   "results": {"path": str(tmp_path / "loop" / "r")}})
     assert list(p) == ["results.path"] and "loop" in p["results.path"]
+    p = problems({"name": "t", "input": {"path": str(tmp_path / "in")}, "output": {"path": str(tmp_path / "loop" / "o")}})
+    assert list(p) == ["output.path"] and "loop" in p["output.path"]
+    # outputs to a bucket, results to a folder: the input folder is resolved for the results check alone
+    p = problems({"name": "t", "input": {"path": str(tmp_path / "loop" / "in")}, "output": {"s3_bucket": "out"},
+                  "results": {"path": str(tmp_path / "r")}})
+    assert list(p) == ["input.path"] and "loop" in p["input.path"]
