@@ -84,7 +84,7 @@ def write_batch(s3, keys: list[str], options: str, prefix: str) -> str:
     from ffleet.request import parse_request
 
     batch_id = uuid.uuid4().hex
-    body = {"BatchInput": {"request": parse_request(request(options, prefix)).model_dump(mode="json"),
+    body = {"BatchInput": {"request": parse_request(request(options, prefix)).to_json_dict(),
                            "results_prefix": f"s3://{RESULTS}/runs/{batch_id}/", "batch_id": batch_id},
             "Items": [{"Key": k} for k in keys]}
     s3.put_object(Bucket=RESULTS, Key=f"batches/{batch_id}.json", Body=json.dumps(body).encode())

@@ -119,14 +119,38 @@ def test_table_mutants_each_change_one_entry():
         ast.parse(source)
 
 
+# ffleet.request's own fields: Field(kind, default, bounds...) as plain class attributes
+FIELDS = '''from ffleet.request import Field, _Spec
+class Part(_Spec):
+    m = Field(float, 30, ge=1, le=3600, description="m")
+    on = Field(bool, True)
+    s = Field(str, None)
+    sub = Field(_Spec, _Spec)
+'''
+
+
+def test_table_mutants_of_ffleet_fields():
+    got = {m.where: m.source for m in tool.table_mutants("m", FIELDS)}
+    assert set(got) == {
+        "Part.m: ge=1 -> ge=0", "Part.m: ge=1 -> ge=2", "Part.m: ge=1 -> gt=1",
+        "Part.m: le=3600 -> le=3599", "Part.m: le=3600 -> le=3601", "Part.m: le=3600 -> lt=3600",
+        "Part.m: default 30 -> 31", "Part.on: default True -> False",
+    }
+    scope: dict = {}
+    exec(compile(got["Part.m: le=3600 -> lt=3600"], "m", "exec"), scope)
+    assert scope["Part"]._fields["m"].lt == 3600 and scope["Part"]._fields["m"].le is None
+    exec(compile(got["Part.m: default 30 -> 31"], "m", "exec"), scope)
+    assert scope["Part"]().m == 31
+
+
 def test_every_table_of_the_four_modules_yields_mutants():
     for module in tool.MODULES:
         where = {m.where.split(":")[0] for m in tool.table_mutants(module, (REPO / "src/ffleet" / f"{module}.py").read_text())}
         expected = {"policy": {"ALLOWED_FLAGS", "ALLOWED_FLAGS['an']", "FORBIDDEN_FILTERS", "_PROTOCOLS", "_PATH_OPTION",
                                "FORBIDDEN_FORMATS", "ENCODER_PARAM_KEYS", "FILE_OPTION_FILTERS",
                                "FORBIDDEN_OUTPUT_EXTENSIONS"},
-                    "request": {"ProcessingSpec.files_per_job", "QualitySpec.max_seconds", "JobRequest.compute",
-                                "_NAME_PATTERN", "_EXTENSION_PATTERN"},
+                    "request": {"ProcessingSpec.files_per_job", "QualitySpec.max_seconds", "COMPUTE_TYPES", "MEASURE_AT",
+                                "SegmentSpec.at_silence", "_NAME_PATTERN", "_EXTENSION_PATTERN"},
                     "inventory": {"KEY_FIELDS"}, "keys": set()}[module]
         assert expected <= where, module
 

@@ -366,3 +366,14 @@ def test_local_inputs_to_a_bucket_and_bucket_inputs_to_a_folder(tmp_path):
     assert r.results_location() == {"s3_bucket": "out", "s3_prefix": "ffleet-results/t/"}
     r = parse_request({"name": "t", "input": {"s3_bucket": "in"}, "output": {"path": str(tmp_path / "out")}})
     assert r.results_location() == {"path": str(tmp_path / "out.ffleet-results")}
+
+
+@pytest.mark.parametrize("segment,field", [
+    ({"max_seconds": 5, "min_seconds": 5}, "output.segment.min_seconds"),
+    ({"max_seconds": 1, "min_seconds": 0, "min_silence_seconds": 1}, "output.segment.min_silence_seconds"),
+])
+def test_segment_limits_must_leave_room(segment, field):
+    p = problems(req("output", segment=segment))
+    assert p == {field: "must be less than max_seconds"}
+    shorter = {**segment, field.rsplit(".", 1)[1]: segment[field.rsplit(".", 1)[1]] - 0.01}
+    assert parse_request(req("output", segment=shorter)).output.segment.max_seconds == segment["max_seconds"]

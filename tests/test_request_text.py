@@ -1,6 +1,7 @@
 """A request as text and as a file: size limits, unreadable JSON, key parts, empty values, output
 extensions and the field each problem is reported against (issue 20: each rule on both sides)."""
 import json
+import os
 
 import pytest
 
@@ -114,3 +115,11 @@ def test_to_json_dict_is_plain_json():
     data = parse_request({**BASE, "output": {**BASE["output"], "segment": {"max_seconds": 12}}}).to_json_dict()
     assert json.loads(json.dumps(data)) == data and "global" in data and "global_" not in data  # by alias
     assert data["output"]["segment"]["max_seconds"] == 12
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_an_endless_file_is_refused_after_one_byte_past_the_limit():
+    # /dev/zero has no size to report: the bytes read are counted instead
+    [(field, message)] = problems(load_request, "/dev/zero")
+    assert (field, message) == ("(request)", f"/dev/zero is {MAX_REQUEST_BYTES + 1:,} bytes; a request may be at most "
+                                             "262,144 bytes (256 KiB, the Step Functions input limit)")

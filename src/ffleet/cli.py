@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from ffleet import __version__
 from ffleet.request import RequestError, load_request
@@ -131,32 +132,47 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK if cal["succeeded"] else EXIT_FAILURES
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """ffleet's command line. Given the subcommand about to run, only that one's parser is built:
+    `ffleet run` then neither builds the ten others nor imports ffleet.plan for their defaults (3-5 ms
+    of its start, issue 15). Without one (--help, a misspelt command) it has them all."""
     parser = argparse.ArgumentParser(prog="ffleet", description="Process many media files with FFmpeg.")
     parser.add_argument("--version", action="version", version=f"ffleet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, add in _SUBCOMMANDS.items():
+        if command not in _SUBCOMMANDS or command == name:
+            add(sub, name)
+    return parser
 
-    p = sub.add_parser("validate", help="check a job request and print it normalised")
+
+def _add_validate(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="check a job request and print it normalised")
     p.add_argument("request", help="path of the job request (JSON)")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("run", help="run a job request on this machine")
+
+def _add_run(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="run a job request on this machine")
     p.add_argument("request", help="path of the job request (JSON)")
     p.add_argument("--workers", type=int, default=None, help="FFmpeg processes at once (default: one per usable CPU, capped by a container's CPU quota)")
     p.add_argument("--json", action="store_true", help="print the summary object as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("calibrate", help="time the request's transform on a sample of its inputs (writes nothing to its output)")
+
+def _add_calibrate(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="time the request's transform on a sample of its inputs (writes nothing to its output)")
     p.add_argument("request", help="path of the job request (JSON)")
     p.add_argument("--sample", type=int, default=10, help="files to try, spread over the listing (default 10)")
     p.add_argument("--workers", type=int, default=1, help="files at once (default 1: clean per-file figures)")
     p.add_argument("--json", action="store_true", help="print JSON (what `ffleet plan --calibration` reads)")
     p.set_defaults(func=cmd_calibrate)
 
-    from ffleet import plan as plan_defaults  # standard library only: cheap to import here
 
-    p = sub.add_parser("plan", help="jobs, time and cost of a cloud run: one Batch job per file vs batched")
+def _add_plan(sub: Any, name: str) -> None:
+    from ffleet import plan as plan_defaults  # standard library only, but 2 ms: only for this command
+
+    p = sub.add_parser(name, help="jobs, time and cost of a cloud run: one Batch job per file vs batched")
     p.add_argument("request", help="path of the job request (JSON)")
     p.add_argument("--files", type=int, required=True, help="number of input files")
     p.add_argument("--mean-seconds", type=float, help="mean audio seconds per file (or from --calibration)")
@@ -171,13 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='print {"one_job_per_file": {...}, "batched": {...}, ...}')
     p.set_defaults(func=cmd_plan)
 
-    def cmd_worker(args: argparse.Namespace) -> int:  # imported on use: the other commands need none of it
-        from ffleet.batch_worker import cmd_worker as run_worker
 
-        return run_worker(args)
+def cmd_worker(args: argparse.Namespace) -> int:  # imported on use: the other commands need none of it
+    from ffleet.batch_worker import cmd_worker as run_worker
 
+    return run_worker(args)
+
+
+def _add_worker(sub: Any, name: str) -> None:
     p = sub.add_parser(
-        "worker", help="AWS Batch entrypoint: run one batch (reads FFLEET_BATCH_URI or FFLEET_BATCH_JSON)",
+        name, help="AWS Batch entrypoint: run one batch (reads FFLEET_BATCH_URI or FFLEET_BATCH_JSON)",
         description="Run one batch of files as an AWS Batch job does. The batch comes from FFLEET_BATCH_URI "
         "(s3:// URI of the batch object) or FFLEET_BATCH_JSON (the object inline); FFLEET_WORKERS sets the "
         "FFmpeg processes at once (default: the job's vCPUs). Exit 0: every file ended; 1: storage fault; "
@@ -185,13 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_worker)
 
-    def cmd_summarize(args: argparse.Namespace) -> int:  # imported on use, as above (sqlite3, the report)
-        from ffleet.summarize import cmd_summarize as run_summarize
 
-        return run_summarize(args)
+def cmd_summarize(args: argparse.Namespace) -> int:  # imported on use, as above (sqlite3, the report)
+    from ffleet.summarize import cmd_summarize as run_summarize
 
+    return run_summarize(args)
+
+
+def _add_summarize(sub: Any, name: str) -> None:
     p = sub.add_parser(
-        "summarize", help="print the summary of a finished run (ResultWriter manifest.json or a results folder)"
+        name, help="print the summary of a finished run (ResultWriter manifest.json or a results folder)"
     )
     p.add_argument("location", help="s3://…/manifest.json, a local run's results folder, or a cloud results prefix")
     p.add_argument("--json", action="store_true", help="print the summary object as JSON on stdout")
@@ -203,57 +225,79 @@ def build_parser() -> argparse.ArgumentParser:
                    help="judge the run against this tolerance (default: the one in summary.json, else 0)")
     p.set_defaults(func=cmd_summarize)
 
-    def cmd_submit(args: argparse.Namespace) -> int:  # imported on use, as above
-        from ffleet.submit import cmd_submit as run_submit
 
-        return run_submit(args)
+def cmd_submit(args: argparse.Namespace) -> int:  # imported on use, as above
+    from ffleet.submit import cmd_submit as run_submit
 
-    p = sub.add_parser("submit", help="upload a job request or a manifest to a deployed stack's trigger bucket (starts a cloud run)")
+    return run_submit(args)
+
+
+def _add_submit(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="upload a job request or a manifest to a deployed stack's trigger bucket (starts a cloud run)")
     p.add_argument("request", help="path of the job request (JSON), or of a manifest (.csv, .jsonl, .ndjson) to run with the stack's DefaultRequest")
     p.add_argument("--stack", required=True, help="name of the deployed ffleet stack (sam deploy's stack_name)")
     _follow_flags(p)
     p.set_defaults(func=cmd_submit)
 
-    def cmd_follow(args: argparse.Namespace) -> int:  # imported on use, as above
-        from ffleet import follow
 
-        return getattr(follow, f"cmd_{args.command}")(args)
+def cmd_follow(args: argparse.Namespace) -> int:  # imported on use, as above
+    from ffleet import follow
 
-    stack_help = "the ffleet stack (default: $FFLEET_STACK); needed unless RUN is an execution ARN"
-    run_help = "execution name or ARN, or the request's key (s3://TRIGGER/jobs/....json or jobs/....json)"
-    p = sub.add_parser("status", help="state and progress of a cloud run (--wait: follow it to the end); --list: recent runs",
+    return getattr(follow, f"cmd_{args.command}")(args)
+
+
+_STACK_HELP = "the ffleet stack (default: $FFLEET_STACK); needed unless RUN is an execution ARN"
+_RUN_HELP = "execution name or ARN, or the request's key (s3://TRIGGER/jobs/....json or jobs/....json)"
+
+
+def _add_status(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="state and progress of a cloud run (--wait: follow it to the end); --list: recent runs",
                        description="Exit codes as `ffleet run` once the run has ended: 0 within tolerance, 1 not "
                        "within tolerance, failed, timed out or aborted, 2 invalid request; 0 while it runs.")
-    p.add_argument("run", nargs="?", help=run_help)
-    p.add_argument("--stack", default=os.environ.get("FFLEET_STACK"), help=stack_help)
+    p.add_argument("run", nargs="?", help=_RUN_HELP)
+    p.add_argument("--stack", default=os.environ.get("FFLEET_STACK"), help=_STACK_HELP)
     p.add_argument("--list", action="store_true", help="the stack's recent runs: name, state, files done/failed, started, duration")
     p.add_argument("--limit", type=int, default=20, help="runs --list shows (default 20)")
     _follow_flags(p)
     p.set_defaults(func=cmd_follow)
 
-    p = sub.add_parser("cancel", help="stop a cloud run (StopExecution) and report what had finished")
-    p.add_argument("run", help=run_help)
-    p.add_argument("--stack", default=os.environ.get("FFLEET_STACK"), help=stack_help)
+
+def _add_cancel(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="stop a cloud run (StopExecution) and report what had finished")
+    p.add_argument("run", help=_RUN_HELP)
+    p.add_argument("--stack", default=os.environ.get("FFLEET_STACK"), help=_STACK_HELP)
     p.add_argument("--json", action="store_true", help="print the summary object as JSON on stdout")
     p.set_defaults(func=cmd_follow)
 
-    p = sub.add_parser("redrive", help="submit a finished cloud run's failed-files.jsonl as a new request (same options)")
-    p.add_argument("run", help=run_help)
+
+def _add_redrive(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="submit a finished cloud run's failed-files.jsonl as a new request (same options)")
+    p.add_argument("run", help=_RUN_HELP)
     p.add_argument("--stack", default=os.environ.get("FFLEET_STACK"), help="the ffleet stack (default: $FFLEET_STACK)")
     _follow_flags(p)
     p.set_defaults(func=cmd_follow)
 
-    def cmd_doctor(args: argparse.Namespace) -> int:  # imported on use, as above
-        from ffleet.doctor import cmd_doctor as run_doctor
 
-        return run_doctor(args)
+def cmd_doctor(args: argparse.Namespace) -> int:  # imported on use, as above
+    from ffleet.doctor import cmd_doctor as run_doctor
 
-    p = sub.add_parser("doctor", help="what ffleet finds here (FFmpeg, sandbox, CPUs, S3) and whether a run could start",
+    return run_doctor(args)
+
+
+def _add_doctor(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="what ffleet finds here (FFmpeg, sandbox, CPUs, S3) and whether a run could start",
                        description="Exit 0 when a run could start here, 1 with the reasons.")
     p.add_argument("request", nargs="?", help="also check that this FFmpeg has the encoders and filters the request uses")
     p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
     p.set_defaults(func=cmd_doctor)
-    return parser
+
+
+# in the order `ffleet --help` lists them
+_SUBCOMMANDS = {
+    "validate": _add_validate, "run": _add_run, "calibrate": _add_calibrate, "plan": _add_plan,
+    "worker": _add_worker, "summarize": _add_summarize, "submit": _add_submit, "status": _add_status,
+    "cancel": _add_cancel, "redrive": _add_redrive, "doctor": _add_doctor,
+}
 
 
 def _follow_flags(p: argparse.ArgumentParser) -> None:
@@ -263,8 +307,8 @@ def _follow_flags(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         code = args.func(args)
         sys.stdout.flush()  # a reader gone away shows here, not as a traceback at exit

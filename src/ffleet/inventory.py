@@ -1,7 +1,6 @@
 """What to process: list a prefix or folder, or read a manifest (CSV or JSON Lines of keys)."""
 from __future__ import annotations
 
-import csv
 import io
 import itertools
 import json
@@ -160,6 +159,8 @@ def _line_text(line: str) -> str:
 
 def _csv_row(line: str) -> list[str] | None:
     """The line as one CSV row, or None if it is not one (then it is no header, and a key as written)."""
+    import csv  # manifests only: a listing run starts its first FFmpeg without it
+
     try:
         return next(csv.reader([line], strict=True), None)
     except csv.Error:
@@ -180,6 +181,8 @@ def _key_lines(lines: Iterable[str], first_line: int) -> Iterator[tuple[int, str
 
 def _csv_column(lines: Iterable[str], column: int, width: int, key_name: str, source: str, header_line: int
                 ) -> Iterator[tuple[int, str]]:
+    import csv
+
     reader = csv.reader(lines, strict=True)
     try:
         for row in reader:

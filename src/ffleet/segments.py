@@ -255,9 +255,9 @@ def _copy_spans(folder: Path, rate: int) -> list[tuple[int, int]]:
 def settings(request: "JobRequest") -> dict[str, Any]:
     """What a stored set was made with: a set made otherwise is rebuilt, not kept."""
     return {
-        "segment": request.output.segment.model_dump(mode="json"),
+        "segment": request.output.segment.to_json_dict(),
         "options": [request.global_.options, request.input.file_options, request.output.file_options],
-        "quality": request.quality.model_dump(mode="json"),
+        "quality": request.quality.to_json_dict(),
     }
 
 

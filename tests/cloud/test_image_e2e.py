@@ -152,7 +152,7 @@ def _batch(s3, keys: list[str], request: dict) -> tuple[str, str]:
 
     batch_id = uuid.uuid4().hex
     body = {
-        "BatchInput": {"request": parse_request(request).model_dump(mode="json"),
+        "BatchInput": {"request": parse_request(request).to_json_dict(),
                        "results_prefix": f"s3://{RESULTS}/runs/image/", "batch_id": batch_id},
         "Items": [{"Key": k} for k in keys],
     }

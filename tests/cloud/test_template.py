@@ -569,8 +569,8 @@ def test_no_job_waits_forever(template, asl):
 def test_job_timing_follows_the_request():
     from ffleet.joblimits import ATTEMPT_OVERHEAD_SECONDS, StackLimits, job_timing
 
-    def req(**processing):
-        return parse_request({"name": "n", "compute": "arm", "input": {"s3_bucket": "in", "s3_prefix": "m/"},
+    def req(compute="arm", **processing):
+        return parse_request({"name": "n", "compute": compute, "input": {"s3_bucket": "in", "s3_prefix": "m/"},
                               "output": {"s3_bucket": "out", "s3_prefix": "o/"}, "processing": processing})
 
     limits = StackLimits(job_vcpus=4, job_attempts=3, capacity_wait_seconds=3600, cpu_max_vcpus=256)
@@ -581,7 +581,7 @@ def test_job_timing_follows_the_request():
     # twice the jobs the compute environment runs at once: a job may wait behind a whole wave
     more = job_timing(req(files_per_job=10, timeout_seconds_per_file=60, max_concurrency=128), limits)
     assert more["task_timeout_seconds"] == 3600 + 2 * 3 * t["attempt_seconds"]
-    gpu = job_timing(req(files_per_job=10, timeout_seconds_per_file=60, max_concurrency=64).model_copy(update={"compute": "nvidia"}),
+    gpu = job_timing(req("nvidia", files_per_job=10, timeout_seconds_per_file=60, max_concurrency=64),
                      StackLimits(job_vcpus=4, gpu_max_vcpus=64))
     assert gpu["task_timeout_seconds"] > t["task_timeout_seconds"]  # 16 GPU jobs at once, not 64
     with pytest.raises(ValueError, match="JOB_VCPUS"):
