@@ -36,7 +36,7 @@ print(json.dumps({"code": code, **seen, "end": sorted(sys.modules)}), file=sys.s
 # command line builds only the parser of the command given, so `plan`'s defaults are not imported.
 NOT_AT_START = ("boto3", "botocore", "rich", "ffleet.audio_quality", "ffleet.report",
                 "ffleet.summarize", "ffleet.batch_worker", "sqlite3", "s3transfer", "pydantic", "pydantic_core",
-                "ffleet.plan")
+                "ffleet.plan", "uuid", "platform", "datetime")
 
 
 def _modules(tmp_path, request: dict, *flags: str) -> dict:

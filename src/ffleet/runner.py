@@ -11,10 +11,8 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -97,7 +95,8 @@ def clean_stale_work_dirs(tmp: Path | None = None) -> list[str]:
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    # time and os, not datetime and uuid: those two imports (uuid brings platform) cost ~3 ms of every start
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
 
 
 @dataclass
@@ -168,7 +167,7 @@ def run_request(
     (result None) and then after each file; `notice(message)` with what the user should know
     (stale work folders of killed runs removed)."""
     started = time.monotonic()
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())  # datetime's isoformat, seconds, UTC
     run_id = new_run_id()
     store, prefix = results_storage(request, client)
     run_prefix = f"{prefix}{run_id}/"

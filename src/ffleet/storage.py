@@ -5,7 +5,6 @@ import errno
 import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -247,7 +246,7 @@ class LocalStorage:
                 # another filesystem: a copy beside dest, then a rename; a reader sees the old file
                 # or the whole new one. The temp name must fit where dest's does (255 bytes).
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dest.with_name(f"{_TMP_MARK}{uuid.uuid4().hex}")
+                tmp = dest.with_name(f"{_TMP_MARK}{os.urandom(16).hex()}")
                 shutil.copyfile(src, tmp)
                 os.replace(tmp, dest)
         except OSError as exc:
@@ -334,7 +333,7 @@ class S3Storage:
         checked, and no object appears. The worker's role has s3:AbortMultipartUpload but no
         s3:DeleteObject, so a test object could not be removed again.
         """
-        key = f"{prefix}{_TMP_MARK}write-check-{uuid.uuid4().hex}"
+        key = f"{prefix}{_TMP_MARK}write-check-{os.urandom(16).hex()}"
         try:
             upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
         except Exception as exc:  # noqa: BLE001
