@@ -128,6 +128,10 @@ def _unicode(value: str) -> None:
 
 def _text(value: Any) -> str:
     if isinstance(value, str):
+        # stricter than pydantic, which kept a lone surrogate ("\ud800" in JSON): no key, path or
+        # option can hold one (S3 and the file system take UTF-8), and ".m3u8\ud800" slipped past
+        # the refused output extensions, then `ffleet validate` failed printing it
+        _unicode(value)
         return value
     raise ValueError("Input should be a valid string")
 
