@@ -267,23 +267,23 @@ def test_sigterm_mid_batch_stops_cleanly_and_a_rerun_finishes(s3_endpoint, tone_
     assert proc.returncode == EXIT_INTERRUPTED, err
     assert "Traceback" not in err
     records = _records(client)
-    # the file logged first (a-first, unless a slow one reached FFmpeg before it: two threads fetch
-    # while one converts) succeeded; every other one was stopped
-    done = seen[-1]["key"]
-    assert records[done]["status"] == "succeeded"
-    for key in set(files) - {done}:
+    # the file logged first succeeded. One thread converts while another reads back and stores, so
+    # one slow file may have finished its conversion too before the stop; the rest were stopped
+    done = {key for key, r in records.items() if r["status"] == "succeeded"}
+    assert seen[-1]["key"] in done and len(done) <= 2, records
+    for key in set(files) - done:
         assert records[key]["status"] == "not_done" and records[key]["reason"] == "interrupted", records[key]
-    assert _out_keys(client) == {"out/" + done.replace(".wav", ".flac")}  # nothing for the unfinished files
+    assert _out_keys(client) == {"out/" + key.replace(".wav", ".flac") for key in done}  # nothing for the unfinished files
     summary = next(line for line in logs if line.get("event") == "batch_summary")
-    assert summary["interrupted"] is True and summary["files"]["not_done"] == 3
+    assert summary["interrupted"] is True and summary["files"]["not_done"] == 4 - len(done)
 
     rerun = run_cli("worker", env={**IMAGE_ENV, "FFLEET_BATCH_URI": uri, "FFLEET_WORKERS": "3"})
 
     assert rerun.returncode == EXIT_OK, rerun.stderr
     records = _records(client)
     assert all(r["status"] == "succeeded" for r in records.values()), records
-    assert records[done]["extra"] == {"resumed": True}  # skipped, not re-encoded
-    assert all("resumed" not in r.get("extra", {}) for k, r in records.items() if k != done)
+    assert all(records[key]["extra"] == {"resumed": True} for key in done)  # skipped, not re-encoded
+    assert all("resumed" not in r.get("extra", {}) for k, r in records.items() if k not in done)
     assert len(_out_keys(client)) == 4
 
 
