@@ -97,6 +97,20 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
+def exited_within(pid: int, timeout: float) -> bool | None:
+    """Whether the child pid ends within timeout (it is not reaped), waited for on a pidfd: no timer
+    thread and no polling. None where there is no pidfd; the caller then waits its own way."""
+    pidfd = _pidfd(pid)
+    if pidfd is None:
+        return None
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)  # readable once the process has exited
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+    finally:
+        os.close(pidfd)
+
+
 def _kill(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # the whole group: ffmpeg may have children (e.g. hwaccel helpers)
@@ -142,17 +156,12 @@ def run_process(
         timed_out = threading.Event()
         stdout = b""
         try:
-            pidfd = None if capture_stdout else _pidfd(proc.pid)
-            if pidfd is not None:
-                # the usual case: the timeout is waited for in this thread, not by a timer thread per file
-                try:
-                    poller = select.poll()
-                    poller.register(pidfd, select.POLLIN)  # readable once the process has exited
-                    if not poller.poll(max(0, int(timeout * 1000))):
-                        timed_out.set()
-                        _kill(proc)
-                finally:
-                    os.close(pidfd)
+            # the usual case: the timeout is waited for in this thread, not by a timer thread per file
+            ended = None if capture_stdout else exited_within(proc.pid, timeout)
+            if ended is not None:
+                if not ended:
+                    timed_out.set()
+                    _kill(proc)
                 _, status, usage = os.wait4(proc.pid, 0)
             else:
                 def on_timeout() -> None:

@@ -119,7 +119,7 @@ def _boolean(value: Any) -> bool:
 
 
 def _unicode(value: str) -> None:
-    """Text with a lone surrogate ("\\ud800" in JSON) is no number, bool or choice: pydantic's message."""
+    """Text with a lone surrogate ("\\ud800" in JSON) is no number, bool, choice or text: pydantic's message."""
     try:
         value.encode()
     except UnicodeEncodeError:

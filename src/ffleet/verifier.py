@@ -18,6 +18,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from ffleet import sandbox
+from ffleet.ffmpeg import exited_within
 from ffleet.sandbox import Confinement
 
 # Why a process of its own: PyAV reads an output for 0.5 ms of CPU against 6.6 ms for a static
@@ -230,18 +231,10 @@ def _killpg(pid: int) -> None:
 
 def _wait4(pid: int, timeout: float):
     """(status, rusage) of the child pid, once it ends within timeout."""
-    try:
-        pidfd = os.pidfd_open(pid)  # readable once it has ended: no polling, no sleeping past its end
-    except (AttributeError, OSError):
-        pidfd = None
-    if pidfd is not None:
-        try:
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            if not poller.poll(int(timeout * 1000)):
-                raise subprocess.TimeoutExpired(str(pid), timeout)
-        finally:
-            os.close(pidfd)
+    ended = exited_within(pid, timeout)  # no sleeping past its end
+    if ended is not None:
+        if not ended:
+            raise subprocess.TimeoutExpired(str(pid), timeout)
         return os.wait4(pid, 0)[1:]
     deadline = time.monotonic() + timeout
     while True:

@@ -248,13 +248,17 @@ def _temp_suffix(out_key: str) -> str:
     return ext if re.match(r"^\.[A-Za-z0-9]{1,10}$", ext) and not refused_output_extension(ext) else ""
 
 
+# a file the run's stop reached before its FFmpeg started
+_NOT_STARTED = (NOT_DONE, "interrupted", "stopped before this file started")
+
+
 def process_item(ctx: WorkContext, item: ListedObject) -> ItemResult:
     """Process one file. Never raises for a problem with the file; returns its result record."""
     started = time.monotonic()
     out_key = ctx.output_key_for(item.key)
     result = ItemResult(key=item.key, status=FAILED, output_key=out_key)
     if ctx.registry.stopping.is_set():
-        result.status, result.reason, result.detail = NOT_DONE, "interrupted", "stopped before this file started"
+        result.status, result.reason, result.detail = _NOT_STARTED
         return result
     slot = Path(tempfile.mkdtemp(prefix="item-", dir=ctx.work_dir))
     try:
@@ -312,7 +316,7 @@ def _process(ctx: WorkContext, item: ListedObject, out_key: str, slot: Path, res
     dst = slot / ("output" + _temp_suffix(out_key))
     with _ffmpeg_slot(ctx):
         if ctx.registry.stopping.is_set():  # stopped while this file waited for its turn
-            result.status, result.reason, result.detail = NOT_DONE, "interrupted", "stopped before this file started"
+            result.status, result.reason, result.detail = _NOT_STARTED
             return
         run = run_process(
             ctx.ffmpeg_argv(src, dst), timeout=req.processing.timeout_seconds_per_file, registry=ctx.registry,
